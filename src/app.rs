@@ -1,0 +1,169 @@
+//! Wiring: builds the components `orderflow run` asks for, runs them until
+//! shutdown, and stops them in order (consumers finish their batch and commit,
+//! then the relay drains, then HTTP stops).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info};
+
+use crate::config::Settings;
+use crate::events::Codec;
+use crate::telemetry::Metrics;
+use crate::workers::checkout::CheckoutHandler;
+use crate::workers::consumer::{self, LoopDeps};
+use crate::workers::relay::Relay;
+
+/// A part of the service that can be deployed alone (`run --only ...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Component {
+    /// The consumer loop of the checkouts topic.
+    Checkouts,
+    /// The outbox relay (publishes order events and dead letters).
+    Relay,
+    /// The HTTP API, health and metrics.
+    Http,
+}
+
+impl Component {
+    pub const ALL: [Component; 3] = [Component::Checkouts, Component::Relay, Component::Http];
+}
+
+/// A started service. Dropping it does not stop it; call [`Running::stop`].
+pub struct Running {
+    pub http_addr: Option<SocketAddr>,
+    pub metrics: Arc<Metrics>,
+    pub pool: PgPool,
+    consumers_stop: CancellationToken,
+    consumers: TaskTracker,
+    rest_stop: CancellationToken,
+    rest: TaskTracker,
+}
+
+impl Running {
+    /// Graceful stop: consumers finish their batch in hand and commit their
+    /// offsets, then the relay publishes what they committed, then HTTP stops.
+    pub async fn stop(self) {
+        self.consumers_stop.cancel();
+        self.consumers.close();
+        self.consumers.wait().await;
+        self.rest_stop.cancel();
+        self.rest.close();
+        self.rest.wait().await;
+        self.pool.close().await;
+    }
+
+    /// Resolves when shutdown was requested from inside (a component failed).
+    pub async fn stopped(&self) {
+        self.rest_stop.cancelled().await;
+    }
+}
+
+/// Starts `components`. HTTP binds before this returns, so the address is
+/// known (use port 0 in tests).
+pub async fn start(settings: Settings, components: &[Component]) -> anyhow::Result<Running> {
+    let pool = crate::store::pool(&settings.database_url, settings.database_max_connections)?;
+    let metrics = Arc::new(Metrics::new());
+    let codec = Codec::new(settings.max_message_bytes);
+    let wakeup = Arc::new(Notify::new());
+    let consumers_stop = CancellationToken::new();
+    let rest_stop = CancellationToken::new();
+    let consumers = TaskTracker::new();
+    let rest = TaskTracker::new();
+
+    let deps = LoopDeps {
+        settings: settings.clone(),
+        pool: pool.clone(),
+        codec: codec.clone(),
+        metrics: metrics.clone(),
+        outbox_wakeup: wakeup.clone(),
+    };
+    let mut expected_consumers = Vec::new();
+
+    if components.contains(&Component::Checkouts) {
+        let topic = settings.topics.checkouts.clone();
+        expected_consumers.push(topic.clone());
+        let handler = Arc::new(CheckoutHandler::new(
+            codec.clone(),
+            settings.topics.order_events.clone(),
+            settings.default_tax_rate_ppm,
+        ));
+        let (stop, fail) = (consumers_stop.clone(), rest_stop.clone());
+        consumers.spawn(supervise(
+            "checkouts consumer",
+            fail,
+            consumer::run(deps.clone(), handler, topic, stop),
+        ));
+    }
+
+    if components.contains(&Component::Relay) {
+        let relay = Relay {
+            settings: settings.clone(),
+            pool: pool.clone(),
+            metrics: metrics.clone(),
+            wakeup: wakeup.clone(),
+        };
+        rest.spawn(supervise(
+            "outbox relay",
+            rest_stop.clone(),
+            relay.run(rest_stop.clone()),
+        ));
+    }
+
+    let mut http_addr = None;
+    if components.contains(&Component::Http) {
+        let state = crate::http::AppState {
+            pool: pool.clone(),
+            metrics: metrics.clone(),
+            expected_consumers: Arc::new(expected_consumers),
+        };
+        let listener = tokio::net::TcpListener::bind(settings.http_addr)
+            .await
+            .with_context(|| format!("failed to bind HTTP_ADDR={}", settings.http_addr))?;
+        let addr = listener
+            .local_addr()
+            .context("failed to read the bound address")?;
+        http_addr = Some(addr);
+        let stop = rest_stop.clone();
+        let server = async move {
+            axum::serve(listener, crate::http::router(state))
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+                .context("HTTP server failed")
+        };
+        rest.spawn(supervise("http server", rest_stop.clone(), server));
+        info!(%addr, "HTTP listening");
+    }
+
+    Ok(Running {
+        http_addr,
+        metrics,
+        pool,
+        consumers_stop,
+        consumers,
+        rest_stop,
+        rest,
+    })
+}
+
+/// Runs a component; if it fails, logs why and asks the whole process to
+/// stop, so a supervisor (systemd, Kubernetes) restarts it cleanly.
+async fn supervise(
+    name: &'static str,
+    stop_all: CancellationToken,
+    task: impl std::future::Future<Output = anyhow::Result<()>>,
+) {
+    if let Err(e) = task.await {
+        error!(
+            component = name,
+            error = format!("{e:#}"),
+            "component failed; shutting down"
+        );
+        stop_all.cancel();
+    }
+}

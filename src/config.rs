@@ -1,0 +1,357 @@
+//! Settings, read once from environment variables at start and checked there.
+//!
+//! Every variable has a default that works on a developer machine (see the
+//! README table). A value that does not parse fails start-up with a message
+//! naming the variable; nothing is re-read later.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {var}={value:?}: {reason}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+/// Names of the topics orderflow reads and writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    pub checkouts: String,
+    pub payment_confirmations: String,
+    pub cancellations: String,
+    pub order_events: String,
+}
+
+impl Topics {
+    /// The dead-letter topic of an input topic: `<input>.dlq`.
+    pub fn dlq(input: &str) -> String {
+        format!("{input}.dlq")
+    }
+
+    /// Every topic name keyed by its role in `topics/*.toml`.
+    pub fn by_role(&self) -> BTreeMap<&'static str, String> {
+        BTreeMap::from([
+            ("checkouts", self.checkouts.clone()),
+            ("checkouts.dlq", Self::dlq(&self.checkouts)),
+            ("payment-confirmations", self.payment_confirmations.clone()),
+            (
+                "payment-confirmations.dlq",
+                Self::dlq(&self.payment_confirmations),
+            ),
+            ("cancellations", self.cancellations.clone()),
+            ("cancellations.dlq", Self::dlq(&self.cancellations)),
+            ("order-events", self.order_events.clone()),
+        ])
+    }
+
+    /// A fresh set of names under a prefix, for tests and benchmarks.
+    pub fn prefixed(prefix: &str) -> Self {
+        Topics {
+            checkouts: format!("{prefix}checkouts"),
+            payment_confirmations: format!("{prefix}payment-confirmations"),
+            cancellations: format!("{prefix}cancellations"),
+            order_events: format!("{prefix}order-events"),
+        }
+    }
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Topics::prefixed("")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database_url: String,
+    pub database_max_connections: u32,
+    pub kafka_brokers: String,
+    /// Extra librdkafka properties for every client (`KAFKA_CONFIG`, `k=v,k=v`),
+    /// e.g. `security.protocol=SASL_SSL`.
+    pub kafka_extra: Vec<(String, String)>,
+    pub group_id: String,
+    pub topics: Topics,
+    /// `-1` asks the broker for its default replication factor.
+    pub topic_replication_factor: i32,
+    pub http_addr: SocketAddr,
+    pub batch_max_messages: usize,
+    pub batch_max_wait: Duration,
+    pub max_message_bytes: usize,
+    pub outbox_poll_interval: Duration,
+    pub outbox_batch_size: i64,
+    pub outbox_retention: Duration,
+    pub default_tax_rate_ppm: u32,
+    pub statistics_interval: Duration,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err("expected text or json".into()),
+        }
+    }
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads settings through `lookup`, so tests need not mutate the process
+    /// environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get =
+            |var: &'static str, default: &str| lookup(var).unwrap_or_else(|| default.to_owned());
+        let topics = Topics {
+            checkouts: get("TOPIC_CHECKOUTS", "checkouts"),
+            payment_confirmations: get("TOPIC_PAYMENT_CONFIRMATIONS", "payment-confirmations"),
+            cancellations: get("TOPIC_CANCELLATIONS", "cancellations"),
+            order_events: get("TOPIC_ORDER_EVENTS", "order-events"),
+        };
+        for (var, name) in [
+            ("TOPIC_CHECKOUTS", &topics.checkouts),
+            ("TOPIC_PAYMENT_CONFIRMATIONS", &topics.payment_confirmations),
+            ("TOPIC_CANCELLATIONS", &topics.cancellations),
+            ("TOPIC_ORDER_EVENTS", &topics.order_events),
+        ] {
+            check_topic_name(var, name)?;
+        }
+        let settings = Settings {
+            database_url: get(
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/orderflow",
+            ),
+            database_max_connections: parse(&lookup, "DATABASE_MAX_CONNECTIONS", 10)?,
+            kafka_brokers: get("KAFKA_BROKERS", "127.0.0.1:9092"),
+            kafka_extra: parse_kv_list("KAFKA_CONFIG", &get("KAFKA_CONFIG", ""))?,
+            group_id: get("KAFKA_GROUP_ID", "orderflow"),
+            topics,
+            topic_replication_factor: parse(&lookup, "TOPIC_REPLICATION_FACTOR", 1)?,
+            http_addr: parse(
+                &lookup,
+                "HTTP_ADDR",
+                "127.0.0.1:8080".parse().expect("valid default"),
+            )?,
+            batch_max_messages: parse(&lookup, "BATCH_MAX_MESSAGES", 500)?,
+            batch_max_wait: Duration::from_millis(parse(&lookup, "BATCH_MAX_WAIT_MS", 20)?),
+            max_message_bytes: parse(&lookup, "MAX_MESSAGE_BYTES", 1_000_000)?,
+            outbox_poll_interval: Duration::from_millis(parse(
+                &lookup,
+                "OUTBOX_POLL_INTERVAL_MS",
+                200,
+            )?),
+            outbox_batch_size: parse(&lookup, "OUTBOX_BATCH_SIZE", 1000)?,
+            outbox_retention: Duration::from_secs(parse(&lookup, "OUTBOX_RETENTION_SECS", 86_400)?),
+            default_tax_rate_ppm: parse(&lookup, "DEFAULT_TAX_RATE_PPM", 0)?,
+            statistics_interval: Duration::from_millis(parse(
+                &lookup,
+                "KAFKA_STATISTICS_INTERVAL_MS",
+                5_000,
+            )?),
+            log_format: parse(&lookup, "LOG_FORMAT", LogFormat::Text)?,
+        };
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let bad = |var: &'static str, value: String, reason: &str| ConfigError {
+            var,
+            value,
+            reason: reason.into(),
+        };
+        if self.batch_max_messages == 0 {
+            return Err(bad("BATCH_MAX_MESSAGES", "0".into(), "must be at least 1"));
+        }
+        if self.database_max_connections < 1 {
+            return Err(bad(
+                "DATABASE_MAX_CONNECTIONS",
+                self.database_max_connections.to_string(),
+                "must be at least 1",
+            ));
+        }
+        if self.default_tax_rate_ppm > 1_000_000 {
+            return Err(bad(
+                "DEFAULT_TAX_RATE_PPM",
+                self.default_tax_rate_ppm.to_string(),
+                "must be between 0 and 1000000",
+            ));
+        }
+        if self.outbox_batch_size < 1 {
+            return Err(bad(
+                "OUTBOX_BATCH_SIZE",
+                self.outbox_batch_size.to_string(),
+                "must be at least 1",
+            ));
+        }
+        if self.topic_replication_factor == 0 || self.topic_replication_factor < -1 {
+            return Err(bad(
+                "TOPIC_REPLICATION_FACTOR",
+                self.topic_replication_factor.to_string(),
+                "must be -1 (broker default) or at least 1",
+            ));
+        }
+        if !self.database_url.starts_with("postgres://")
+            && !self.database_url.starts_with("postgresql://")
+        {
+            return Err(bad(
+                "DATABASE_URL",
+                redact_url(&self.database_url),
+                "must start with postgres:// or postgresql://",
+            ));
+        }
+        if self.kafka_brokers.trim().is_empty() {
+            return Err(bad(
+                "KAFKA_BROKERS",
+                String::new(),
+                "must list at least one host:port",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn parse<T: FromStr>(
+    lookup: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: T,
+) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match lookup(var) {
+        None => Ok(default),
+        Some(raw) => raw.trim().parse().map_err(|e: T::Err| ConfigError {
+            var,
+            value: raw.clone(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+fn parse_kv_list(var: &'static str, raw: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .filter(|(k, _)| !k.is_empty())
+                .ok_or_else(|| ConfigError {
+                    var,
+                    // Values may be secrets (sasl.password); show only the key.
+                    value: pair.split('=').next().unwrap_or_default().to_owned(),
+                    reason: "expected comma-separated key=value pairs".into(),
+                })
+        })
+        .collect()
+}
+
+fn check_topic_name(var: &'static str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 244 // leaves room for the ".dlq" suffix under Kafka's 249
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError {
+            var,
+            value: name.to_owned(),
+            reason: "a topic name is 1-244 characters of [a-zA-Z0-9._-]".into(),
+        })
+    }
+}
+
+/// The URL with any password replaced, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_work_on_a_developer_machine() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.topics.checkouts, "checkouts");
+        assert_eq!(Topics::dlq(&s.topics.checkouts), "checkouts.dlq");
+        assert_eq!(s.kafka_brokers, "127.0.0.1:9092");
+        assert_eq!(s.http_addr.port(), 8080);
+    }
+
+    #[test]
+    fn an_invalid_value_names_its_variable() {
+        let err = settings(&[("BATCH_MAX_MESSAGES", "lots")]).unwrap_err();
+        assert_eq!(err.var, "BATCH_MAX_MESSAGES");
+        assert!(err
+            .to_string()
+            .contains("invalid BATCH_MAX_MESSAGES=\"lots\""));
+        assert_eq!(
+            settings(&[("HTTP_ADDR", "nowhere")]).unwrap_err().var,
+            "HTTP_ADDR"
+        );
+        assert_eq!(
+            settings(&[("TOPIC_CHECKOUTS", "bad topic")])
+                .unwrap_err()
+                .var,
+            "TOPIC_CHECKOUTS"
+        );
+        assert_eq!(
+            settings(&[("DATABASE_URL", "mysql://x")]).unwrap_err().var,
+            "DATABASE_URL"
+        );
+        assert_eq!(
+            settings(&[("KAFKA_CONFIG", "novalue")]).unwrap_err().var,
+            "KAFKA_CONFIG"
+        );
+    }
+
+    #[test]
+    fn kafka_config_pairs_are_parsed_and_secrets_are_not_echoed() {
+        let s = settings(&[(
+            "KAFKA_CONFIG",
+            "security.protocol=SASL_SSL, sasl.password=hunter2",
+        )])
+        .unwrap();
+        assert_eq!(s.kafka_extra[1], ("sasl.password".into(), "hunter2".into()));
+        assert_eq!(
+            redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}

@@ -1,0 +1,15 @@
+//! Pure business rules: identifiers, money, currencies, pricing and order status.
+//!
+//! Nothing here performs I/O; every type is parsed at the edge so that a value
+//! that exists is a valid one. Unit tests live next to the code.
+
+pub mod currency;
+pub mod ids;
+pub mod money;
+pub mod pricing;
+pub mod status;
+
+pub use currency::Currency;
+pub use ids::OrderId;
+pub use money::Money;
+pub use status::OrderStatus;

@@ -1,0 +1,14 @@
+//! Wire types: the events orderflow consumes and the events it publishes, and
+//! the codec seam that turns bytes into them.
+//!
+//! Field names are a public contract shared with the Avro schemas in
+//! `schemas/`; extend them, never rename them.
+
+pub mod checkout;
+pub mod codec;
+pub mod order_events;
+pub mod time;
+
+pub use checkout::{Address, CheckoutEvent, CheckoutItem};
+pub use codec::{Codec, DecodeError};
+pub use order_events::{OrderEvent, OrderEventBody};

@@ -1,0 +1,70 @@
+//! Events published on `order-events`, keyed by order id.
+//!
+//! Every event carries its own `event_id` (UUID v7, so ids sort by creation),
+//! the `causation_event_id` of the input event that caused it, the order id,
+//! the order's status after the change, and `occurred_at` (when orderflow
+//! applied the change). `event_type` names the variant.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::OrderStatus;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderEvent {
+    pub event_id: String,
+    pub causation_event_id: String,
+    pub order_id: String,
+    pub status: OrderStatus,
+    #[serde(with = "super::time")]
+    pub occurred_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub body: OrderEventBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event_type")]
+pub enum OrderEventBody {
+    OrderCreated {
+        user_id: i64,
+        cart_id: i64,
+        currency: String,
+        subtotal_minor: i64,
+        tax_minor: i64,
+        shipping_minor: i64,
+        total_minor: i64,
+        /// Units across all lines.
+        item_count: i64,
+        line_count: i64,
+    },
+    OrderRejected {
+        user_id: i64,
+        cart_id: i64,
+        reason: String,
+    },
+}
+
+impl OrderEvent {
+    pub fn new(
+        causation_event_id: &str,
+        order_id: &str,
+        status: OrderStatus,
+        body: OrderEventBody,
+    ) -> Self {
+        OrderEvent {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            causation_event_id: causation_event_id.to_owned(),
+            order_id: order_id.to_owned(),
+            status,
+            occurred_at: Utc::now(),
+            body,
+        }
+    }
+
+    pub fn event_type(&self) -> &'static str {
+        match self.body {
+            OrderEventBody::OrderCreated { .. } => "OrderCreated",
+            OrderEventBody::OrderRejected { .. } => "OrderRejected",
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! The HTTP API: reads the store, never writes it.
+//!
+//! Routes: `GET /orders/{order_id}`, `GET /orders/{order_id}/status`,
+//! `GET /users/{user_id}/orders?limit=&before=`, `GET /healthz`,
+//! `GET /readyz`, `GET /metrics`. Errors are JSON `{"error": "..."}` with a
+//! 4xx for bad requests and unknown ids, 503 when the database is down.
+
+mod orders;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use sqlx::PgPool;
+
+use crate::telemetry::Metrics;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub metrics: Arc<Metrics>,
+    /// Consumer loops this process runs; `/readyz` needs each of them up.
+    pub expected_consumers: Arc<Vec<String>>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/orders/{order_id}", get(orders::detail))
+        .route("/orders/{order_id}/status", get(orders::status))
+        .route("/users/{user_id}/orders", get(orders::user_history))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state)
+}
+
+/// Counts and times every request by its route template (never the raw
+/// path, which would put order ids into labels).
+async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .http_request(&route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let database = sqlx::query("SELECT 1").execute(&state.pool).await.is_ok();
+    let consumers: serde_json::Map<String, serde_json::Value> = state
+        .expected_consumers
+        .iter()
+        .map(|topic| {
+            let running = state.metrics.consumer_is_up(topic);
+            (topic.clone(), serde_json::Value::Bool(running))
+        })
+        .collect();
+    let ready = database
+        && consumers
+            .values()
+            .all(|v| v == &serde_json::Value::Bool(true));
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({"ready": ready, "database": database, "consumers": consumers});
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Every error the API returns.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("database unavailable")]
+    Database(#[from] sqlx::Error),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Database(e) => {
+                tracing::error!(error = %e, "query failed");
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        };
+        (status, Json(serde_json::json!({"error": self.to_string()}))).into_response()
+    }
+}
+
+/// A JSON document built by PostgreSQL, passed through as is.
+pub(crate) struct RawJson(pub String);
+
+impl IntoResponse for RawJson {
+    fn into_response(self) -> Response {
+        ([(header::CONTENT_TYPE, "application/json")], self.0).into_response()
+    }
+}

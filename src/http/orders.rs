@@ -1,0 +1,87 @@
+//! Order and order-history handlers.
+
+use axum::extract::{Path, RawQuery, State};
+
+use super::{ApiError, AppState, RawJson};
+use crate::domain::OrderId;
+use crate::store::queries::{self, Cursor};
+
+const DEFAULT_LIMIT: i64 = 20;
+const MAX_LIMIT: i64 = 100;
+
+fn parse_order_id(raw: &str) -> Result<OrderId, ApiError> {
+    OrderId::parse(raw).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+pub async fn detail(
+    State(state): State<AppState>,
+    Path(order_id): Path<String>,
+) -> Result<RawJson, ApiError> {
+    let order_id = parse_order_id(&order_id)?;
+    queries::order_detail(&state.pool, order_id.as_str())
+        .await?
+        .map(RawJson)
+        .ok_or_else(|| ApiError::NotFound(format!("order {order_id} not found")))
+}
+
+pub async fn status(
+    State(state): State<AppState>,
+    Path(order_id): Path<String>,
+) -> Result<RawJson, ApiError> {
+    let order_id = parse_order_id(&order_id)?;
+    queries::order_status(&state.pool, order_id.as_str())
+        .await?
+        .map(RawJson)
+        .ok_or_else(|| ApiError::NotFound(format!("order {order_id} not found")))
+}
+
+/// `?limit=` (1..=100, default 20) and `?before=` (the `next_before` of the
+/// previous page, or an RFC 3339 timestamp). Parsed by hand so each bad value
+/// gets its own message.
+pub async fn user_history(
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<RawJson, ApiError> {
+    let user_id: i64 = user_id
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("user_id {user_id:?} is not an integer")))?;
+    let mut limit = DEFAULT_LIMIT;
+    let mut before = None;
+    for (key, value) in form_pairs(query.as_deref().unwrap_or_default()) {
+        match key.as_str() {
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|l| (1..=MAX_LIMIT).contains(l))
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!(
+                            "limit must be an integer from 1 to {MAX_LIMIT}"
+                        ))
+                    })?;
+            }
+            "before" => {
+                before = Some(Cursor::parse(&value).ok_or_else(|| {
+                    ApiError::BadRequest(
+                        "before must be a next_before cursor or an RFC 3339 timestamp".into(),
+                    )
+                })?);
+            }
+            _ => {}
+        }
+    }
+    let page = queries::user_orders(&state.pool, user_id, limit, before.as_ref()).await?;
+    let next = match page.next {
+        Some(c) => serde_json::Value::String(c.encode()).to_string(),
+        None => "null".to_owned(),
+    };
+    Ok(RawJson(format!(
+        "{{\"user_id\":{user_id},\"orders\":[{}],\"next_before\":{next}}}",
+        page.orders_json.join(",")
+    )))
+}
+
+fn form_pairs(query: &str) -> Vec<(String, String)> {
+    serde_urlencoded::from_str(query).unwrap_or_default()
+}

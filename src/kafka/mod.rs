@@ -1,0 +1,63 @@
+//! Kafka plumbing shared by every client: configuration, topic administration
+//! and the dead-letter record format. Handlers never see any of this.
+
+pub mod dlq;
+pub mod topics;
+
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::ClientConfig;
+
+use crate::config::Settings;
+
+/// Properties common to consumers, producers and admin clients.
+pub fn base_config(settings: &Settings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.kafka_brokers)
+        .set("client.id", "orderflow")
+        .set_log_level(RDKafkaLogLevel::Warning);
+    for (key, value) in &settings.kafka_extra {
+        config.set(key, value);
+    }
+    config
+}
+
+/// At-least-once consumer: offsets are auto-committed in the background, but
+/// only offsets the loop explicitly *stored* after its database commit.
+pub fn consumer_config(settings: &Settings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.kafka_brokers)
+        .set("client.id", "orderflow")
+        .set("group.id", &settings.group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set(
+            "statistics.interval.ms",
+            settings.statistics_interval.as_millis().to_string(),
+        )
+        // Bound what librdkafka prefetches per partition (memory and the
+        // amount re-read after a crash).
+        .set("queued.max.messages.kbytes", "16384")
+        .set_log_level(RDKafkaLogLevel::Warning);
+    for (key, value) in &settings.kafka_extra {
+        config.set(key, value);
+    }
+    config
+}
+
+/// Idempotent producer: retries cannot duplicate or reorder records within a
+/// partition. `murmur2_random` puts a key where Java producers put it.
+pub fn producer_config(settings: &Settings) -> ClientConfig {
+    let mut config = base_config(settings);
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000");
+    config
+}

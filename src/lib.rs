@@ -1,0 +1,26 @@
+//! orderflow: checkouts, payments and cancellations in; orders, in PostgreSQL
+//! and on `order-events`, out.
+//!
+//! Component map:
+//! - [`config`]: settings from the environment, checked at start.
+//! - [`domain`]: pure rules — ids, money, currencies, pricing, statuses.
+//! - [`events`]: wire types and the codec seam (JSON today).
+//! - [`store`]: PostgreSQL — orders, inbox (dedupe), outbox, read queries.
+//! - [`workers`]: handlers (pure of Kafka), the generic consumer loop, the
+//!   outbox relay.
+//! - [`kafka`]: client configuration, topic definitions, dead letters.
+//! - [`http`]: the read API, health and metrics.
+//! - [`app`]: wiring and graceful shutdown.
+//! - [`produce`]: sample traffic.
+//! - [`telemetry`]: logging and metric definitions.
+
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod events;
+pub mod http;
+pub mod kafka;
+pub mod produce;
+pub mod store;
+pub mod telemetry;
+pub mod workers;

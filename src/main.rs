@@ -1,0 +1,168 @@
+//! The `orderflow` command: parse the CLI, set up logging, read settings, run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use orderflow::app::{self, Component};
+use orderflow::config::Settings;
+use orderflow::kafka::topics;
+use orderflow::{produce, store, telemetry};
+
+#[derive(Parser)]
+#[command(
+    name = "orderflow",
+    version,
+    about = "Kafka-first order-management workers over PostgreSQL"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run consumer loops, the outbox relay and the HTTP API until SIGINT/SIGTERM.
+    Run {
+        /// Run only these components (comma-separated); default: all.
+        #[arg(long, value_delimiter = ',', value_enum)]
+        only: Vec<Component>,
+        /// Apply migrations before starting.
+        #[arg(long)]
+        migrate: bool,
+    },
+    /// Create the database if missing and apply pending migrations.
+    Migrate,
+    /// Manage topics.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+    /// Send sample checkouts, or the JSON lines of a file, to a topic.
+    Produce {
+        /// Number of sample checkouts.
+        #[arg(long, default_value_t = 10)]
+        count: u64,
+        /// Pause between samples, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        interval_ms: u64,
+        /// Make every n-th sample invalid (0: none).
+        #[arg(long, default_value_t = 0)]
+        invalid_every: u64,
+        /// Send every n-th sample twice (0: none).
+        #[arg(long, default_value_t = 0)]
+        duplicate_every: u64,
+        /// Send each line of this JSON-lines file instead of samples.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Topic for --file (default: the checkouts topic).
+        #[arg(long)]
+        topic: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Create the topics defined in a directory that do not exist yet.
+    Apply {
+        #[arg(long, default_value = "topics")]
+        dir: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("orderflow: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init_tracing(settings.log_format);
+    match execute(cli.command, settings).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("orderflow: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(command: Command, settings: Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Migrate => {
+            store::migrate(&settings.database_url).await?;
+            println!("migrations applied");
+        }
+        Command::Topics {
+            command: TopicsCommand::Apply { dir },
+        } => {
+            let specs = topics::load_specs(&dir)?;
+            for (name, applied) in topics::apply(&settings, &specs).await? {
+                println!(
+                    "{name}: {}",
+                    if applied == topics::Applied::Created {
+                        "created"
+                    } else {
+                        "exists"
+                    }
+                );
+            }
+        }
+        Command::Produce {
+            count,
+            interval_ms,
+            invalid_every,
+            duplicate_every,
+            file,
+            topic,
+        } => match file {
+            Some(path) => {
+                let topic = topic.unwrap_or_else(|| settings.topics.checkouts.clone());
+                let sent = produce::from_file(&settings, &topic, &path).await?;
+                println!("sent {sent} messages to {topic}");
+            }
+            None => {
+                let options = produce::SampleOptions {
+                    count,
+                    interval: Duration::from_millis(interval_ms),
+                    invalid_every,
+                    duplicate_every,
+                };
+                produce::samples(&settings, &options).await?;
+            }
+        },
+        Command::Run { only, migrate } => {
+            if migrate {
+                store::migrate(&settings.database_url).await?;
+            }
+            let components = if only.is_empty() {
+                Component::ALL.to_vec()
+            } else {
+                only
+            };
+            let running = app::start(settings, &components).await?;
+            tokio::select! {
+                signal = shutdown_signal() => signal?,
+                _ = running.stopped() => tracing::error!("a component failed"),
+            }
+            tracing::info!("shutting down: finishing batches in hand");
+            running.stop().await;
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("failed to install the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("failed to listen for SIGINT")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! `orderflow produce`: sends sample checkouts, or events from a JSON-lines
+//! file, keyed by their `order_id`. Used by the run script and handy for
+//! poking a running system.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use chrono::Utc;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+
+use crate::config::Settings;
+use crate::events::{Address, CheckoutEvent, CheckoutItem};
+
+const CATALOGUE: &[(&str, &str, i64)] = &[
+    ("SKU-TSHIRT", "Organic cotton T-shirt", 1_999),
+    ("SKU-MUG", "Stoneware mug", 1_250),
+    ("SKU-BOOK", "The Rust Programming Language", 3_995),
+    ("SKU-SOCKS", "Wool socks (3 pairs)", 1_500),
+    ("SKU-LAMP", "Desk lamp", 4_900),
+    ("SKU-STICKER", "Ferris sticker", 199),
+];
+
+const PLACES: &[(&str, &str, &str)] = &[
+    ("US", "CA", "San Francisco"),
+    ("US", "NY", "New York"),
+    ("US", "OR", "Portland"),
+    ("DE", "BE", "Berlin"),
+    ("GB", "", "London"),
+];
+
+/// A plausible checkout for `order_id`; `invalid` makes it one the rules reject.
+pub fn sample_checkout(
+    rng: &mut impl Rng,
+    order_id: &str,
+    cart_id: i64,
+    invalid: bool,
+) -> CheckoutEvent {
+    let lines = rng.gen_range(1..=4);
+    let mut items: Vec<CheckoutItem> = CATALOGUE
+        .choose_multiple(rng, lines)
+        .map(|(sku, name, price)| CheckoutItem {
+            sku: (*sku).into(),
+            name: (*name).into(),
+            quantity: rng.gen_range(1..=3),
+            unit_price_minor: *price,
+        })
+        .collect();
+    if invalid {
+        items[0].quantity = 0;
+    }
+    let (country, state, city) = *PLACES.choose(rng).expect("places is not empty");
+    let currency = match country {
+        "DE" => "EUR",
+        "GB" => "GBP",
+        _ => "USD",
+    };
+    let address = Address {
+        street: format!("{} Main Street", rng.gen_range(1..999)),
+        city: city.into(),
+        state: state.into(),
+        zip_code: format!("{:05}", rng.gen_range(10_000..99_999)),
+        country: country.into(),
+    };
+    CheckoutEvent {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        order_id: order_id.into(),
+        cart_id,
+        user_id: rng.gen_range(1..=20),
+        currency: currency.into(),
+        items,
+        shipping_address: address.clone(),
+        billing_address: address,
+        payment_method: ["card", "paypal", "invoice"]
+            .choose(rng)
+            .copied()
+            .unwrap_or("card")
+            .into(),
+        occurred_at: Utc::now(),
+    }
+}
+
+pub struct SampleOptions {
+    pub count: u64,
+    pub interval: Duration,
+    /// Every n-th checkout is invalid (0: none).
+    pub invalid_every: u64,
+    /// Every n-th checkout is sent twice (0: none).
+    pub duplicate_every: u64,
+}
+
+pub fn producer(settings: &Settings) -> anyhow::Result<FutureProducer> {
+    crate::kafka::producer_config(settings)
+        .create()
+        .context("failed to create Kafka producer")
+}
+
+pub async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+) -> anyhow::Result<()> {
+    producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            Timeout::After(Duration::from_secs(30)),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .with_context(|| format!("failed to produce to {topic}"))?;
+    Ok(())
+}
+
+/// Sends sample checkouts to the checkouts topic, printing each order id.
+pub async fn samples(settings: &Settings, options: &SampleOptions) -> anyhow::Result<()> {
+    let producer = producer(settings)?;
+    let topic = &settings.topics.checkouts;
+    let mut rng = rand::thread_rng();
+    let run = Utc::now().timestamp_millis();
+    for n in 1..=options.count {
+        let order_id = format!("ord-{run}-{n}");
+        let cart_id = run * 1_000 + n as i64;
+        let invalid = options.invalid_every > 0 && n % options.invalid_every == 0;
+        let event = sample_checkout(&mut rng, &order_id, cart_id, invalid);
+        let payload = serde_json::to_vec(&event).context("failed to encode sample")?;
+        send(&producer, topic, &order_id, &payload).await?;
+        if options.duplicate_every > 0 && n % options.duplicate_every == 0 {
+            send(&producer, topic, &order_id, &payload).await?;
+        }
+        println!(
+            "sent {order_id} (user {}){}",
+            event.user_id,
+            if invalid { " [invalid]" } else { "" }
+        );
+        if !options.interval.is_zero() {
+            tokio::time::sleep(options.interval).await;
+        }
+    }
+    Ok(())
+}
+
+/// Sends each non-empty line of `path` as one message to `topic`, keyed by
+/// the line's `order_id` field.
+pub async fn from_file(
+    settings: &Settings,
+    topic: &str,
+    path: &std::path::Path,
+) -> anyhow::Result<u64> {
+    let producer = producer(settings)?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("failed to read {}", path.display()))?;
+    let mut sent = 0;
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let value: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
+        let Some(key) = value.get("order_id").and_then(|v| v.as_str()) else {
+            bail!(
+                "{}:{}: no string order_id to key the message by",
+                path.display(),
+                i + 1
+            );
+        };
+        send(&producer, topic, key, line.as_bytes()).await?;
+        sent += 1;
+    }
+    Ok(sent)
+}

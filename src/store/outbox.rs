@@ -1,0 +1,81 @@
+//! The outbox: records to publish, written in the transaction that caused
+//! them and relayed to Kafka afterwards (see `workers::relay`).
+//!
+//! Rows are published in `id` order. Rows of one order are written by
+//! transactions that serialise on that order's row, so their ids follow commit
+//! order and the relay preserves each order's event sequence.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+
+/// A record to publish.
+#[derive(Debug, Clone)]
+pub struct NewRecord<'a> {
+    pub topic: &'a str,
+    pub key: Option<&'a [u8]>,
+    pub payload: &'a [u8],
+    pub headers: Vec<(String, String)>,
+}
+
+pub async fn enqueue(conn: &mut PgConnection, record: &NewRecord<'_>) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO outbox (topic, key, payload, headers) VALUES ($1, $2, $3, $4)")
+        .bind(record.topic)
+        .bind(record.key)
+        .bind(record.payload)
+        .bind(sqlx::types::Json(&record.headers))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PendingRecord {
+    pub id: i64,
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: sqlx::types::Json<Vec<(String, String)>>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The oldest unpublished records, in id order.
+pub async fn pending(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<PendingRecord>> {
+    sqlx::query_as(
+        "SELECT id, topic, key, payload, headers, created_at FROM outbox
+         WHERE sent_at IS NULL ORDER BY id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+pub async fn mark_sent(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<()> {
+    sqlx::query("UPDATE outbox SET sent_at = clock_timestamp() WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn backlog(pool: &PgPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+        .fetch_one(pool)
+        .await
+}
+
+/// Deletes published rows older than `retention`, at most `limit` at a time.
+pub async fn purge(pool: &PgPool, retention: Duration, limit: i64) -> sqlx::Result<u64> {
+    let cutoff =
+        Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    Ok(sqlx::query(
+        "DELETE FROM outbox WHERE id IN (
+             SELECT id FROM outbox WHERE sent_at IS NOT NULL AND sent_at < $1 LIMIT $2)",
+    )
+    .bind(cutoff)
+    .bind(limit)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}

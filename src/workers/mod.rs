@@ -1,0 +1,84 @@
+//! The stream-processing side: one handler per input topic (pure of Kafka),
+//! the generic consumer loop that drives any handler, and the outbox relay.
+
+pub mod checkout;
+pub mod consumer;
+pub mod relay;
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+
+use crate::events::{Codec, DecodeError};
+
+/// What applying one event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Applied,
+    Duplicate,
+    Rejected,
+    /// Decoded but unusable in a way that cannot be recorded against an order
+    /// (e.g. its order id belongs to another cart): dead-letter it.
+    DeadLetter(String),
+}
+
+/// A verdict plus what the loop needs for metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handled {
+    pub verdict: Verdict,
+    /// The event's own time, for end-to-end latency.
+    pub occurred_at: Option<DateTime<Utc>>,
+}
+
+/// The business logic for one input topic. Implementations read and write
+/// PostgreSQL through the connection they are given (a transaction owned by
+/// the loop) and never touch Kafka; their outgoing events go to the outbox.
+pub trait Handler: Send + Sync + 'static {
+    type Event: Send + Sync;
+
+    /// Names the input in the inbox (`processed_events.source`).
+    fn source(&self) -> &'static str;
+
+    /// Bytes to a checked event. Errors are permanent: the message is
+    /// dead-lettered with the error text.
+    fn decode(
+        &self,
+        codec: &Codec,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) -> Result<Self::Event, DecodeError>;
+
+    /// Applies one event inside the caller's transaction. An `Err` aborts the
+    /// whole batch; the loop retries it (transient) or isolates the message.
+    fn apply(
+        &self,
+        conn: &mut PgConnection,
+        event: &Self::Event,
+    ) -> impl Future<Output = anyhow::Result<Handled>> + Send;
+}
+
+/// Checks the envelope fields every input event has. Returns the order id.
+pub fn check_envelope<'a>(
+    event_id: &str,
+    order_id: &'a str,
+    key: Option<&[u8]>,
+) -> Result<&'a str, DecodeError> {
+    if event_id.is_empty() || event_id.len() > 128 {
+        return Err(DecodeError::Invalid(
+            "event_id must be 1 to 128 characters".into(),
+        ));
+    }
+    crate::domain::OrderId::parse(order_id).map_err(|e| DecodeError::Invalid(e.to_string()))?;
+    // The key decides the partition and so the per-order ordering guarantee;
+    // a message keyed by something else breaks it, so refuse it loudly.
+    if let Some(key) = key {
+        if key != order_id.as_bytes() {
+            return Err(DecodeError::Invalid(format!(
+                "message key {:?} does not match order_id {order_id:?}",
+                String::from_utf8_lossy(&key[..key.len().min(140)])
+            )));
+        }
+    }
+    Ok(order_id)
+}

@@ -1,0 +1,227 @@
+//! The outbox relay: publishes committed outbox rows to Kafka, in id order,
+//! then marks them sent; purges sent rows after `OUTBOX_RETENTION_SECS`.
+//!
+//! Exactly one relay publishes per database at a time: each instance tries to
+//! take a PostgreSQL advisory lock on its own connection and stands by while
+//! another holds it. One publisher is what keeps an order's events in the
+//! order they were committed, across instances and restarts.
+//!
+//! Delivery on `order-events` is at-least-once: a crash between publishing
+//! and marking sent republishes the tail of a batch, in the same order.
+//! Consumers dedupe by `event_id`. Records are enqueued in id order and
+//! only the prefix up to the first failed delivery is marked sent.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use sqlx::{Connection, PgConnection};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Settings;
+use crate::store::outbox::{self, PendingRecord};
+use crate::telemetry::Metrics;
+
+/// Advisory-lock key of the relay leader ("orderflo" in ASCII).
+const LEADER_LOCK: i64 = 0x6f72_6465_7266_6c6f;
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+const BACKLOG_EVERY: Duration = Duration::from_secs(2);
+
+pub struct Relay {
+    pub settings: Settings,
+    pub pool: sqlx::PgPool,
+    pub metrics: Arc<Metrics>,
+    pub wakeup: Arc<Notify>,
+}
+
+impl Relay {
+    /// Runs until `shutdown`. Database or broker trouble is retried with
+    /// backoff; it never ends the process.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            match self.lead(&shutdown).await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    self.metrics.outbox_publish_failed(&e);
+                    let wait = Duration::from_millis(200u64 << failures.min(7));
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the leader lock (or waits for it), then publishes until
+    /// shutdown or an error.
+    async fn lead(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let mut conn = PgConnection::connect(&self.settings.database_url)
+            .await
+            .context("failed to connect the relay to PostgreSQL")?;
+        loop {
+            let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(LEADER_LOCK)
+                .fetch_one(&mut conn)
+                .await
+                .context("failed to try the relay leader lock")?;
+            if leader {
+                break;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(self.settings.outbox_poll_interval * 5) => {}
+            }
+        }
+        info!("outbox relay is the leader");
+        let producer: FutureProducer = crate::kafka::producer_config(&self.settings)
+            .create()
+            .context("failed to create Kafka producer")?;
+        let result = self.publish_loop(&mut conn, &producer, shutdown).await;
+        // Whatever librdkafka still holds was never marked sent; it will be
+        // published again by the next leader, so a short flush is enough.
+        let _ = producer.flush(Timeout::After(Duration::from_secs(5)));
+        let _ = conn.close().await; // closing the session releases the lock
+        result
+    }
+
+    async fn publish_loop(
+        &self,
+        conn: &mut PgConnection,
+        producer: &FutureProducer,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut last_purge = Instant::now();
+        let mut last_backlog = Instant::now() - BACKLOG_EVERY;
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            if let Some(fatal) = producer.client().fatal_error() {
+                anyhow::bail!("Kafka producer hit a fatal error: {fatal:?}");
+            }
+            if last_backlog.elapsed() >= BACKLOG_EVERY {
+                let backlog = outbox::backlog(&self.pool)
+                    .await
+                    .context("failed to count the outbox")?;
+                self.metrics.set_outbox_backlog(backlog);
+                last_backlog = Instant::now();
+            }
+            if last_purge.elapsed() >= PURGE_EVERY {
+                let purged = outbox::purge(&self.pool, self.settings.outbox_retention, 10_000)
+                    .await
+                    .context("failed to purge the outbox")?;
+                self.metrics.outbox_purged(purged);
+                last_purge = Instant::now();
+            }
+            let rows = outbox::pending(conn, self.settings.outbox_batch_size)
+                .await
+                .context("failed to read the outbox")?;
+            if rows.is_empty() {
+                self.metrics.set_outbox_backlog(0);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = self.wakeup.notified() => {}
+                    _ = tokio::time::sleep(self.settings.outbox_poll_interval) => {}
+                }
+                continue;
+            }
+            let (sent, failure) = publish_in_order(producer, &rows).await;
+            if !sent.is_empty() {
+                let ids: Vec<i64> = sent.iter().map(|r| r.id).collect();
+                outbox::mark_sent(conn, &ids)
+                    .await
+                    .context("failed to mark outbox rows sent")?;
+                let now = Utc::now();
+                for row in sent {
+                    self.metrics.outbox_published(
+                        &row.topic,
+                        (now - row.created_at).to_std().unwrap_or_default(),
+                    );
+                }
+            }
+            if let Some(e) = failure {
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// Enqueues every row in order, then awaits the deliveries. Returns the rows
+/// delivered before the first failure, and that failure.
+async fn publish_in_order<'r>(
+    producer: &FutureProducer,
+    rows: &'r [PendingRecord],
+) -> (&'r [PendingRecord], Option<anyhow::Error>) {
+    let mut deliveries: Vec<DeliveryFuture> = Vec::with_capacity(rows.len());
+    let mut failure = None;
+    'rows: for row in rows {
+        loop {
+            let mut headers = OwnedHeaders::new_with_capacity(row.headers.len());
+            for (k, v) in row.headers.iter() {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v.as_bytes()),
+                });
+            }
+            let mut record = FutureRecord::<[u8], [u8]>::to(&row.topic)
+                .payload(&row.payload)
+                .headers(headers);
+            if let Some(key) = &row.key {
+                record = record.key(key);
+            }
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    deliveries.push(delivery);
+                    continue 'rows;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    // Let librdkafka drain before enqueueing this row; never
+                    // skip ahead, or later rows would overtake it.
+                    producer.poll(Timeout::After(Duration::from_millis(10)));
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => {
+                    failure = Some(
+                        anyhow::Error::new(e)
+                            .context(format!("failed to enqueue outbox row {}", row.id)),
+                    );
+                    break 'rows;
+                }
+            }
+        }
+    }
+    let mut delivered = 0;
+    for delivery in deliveries {
+        let error = match delivery.await {
+            Ok(Ok(_)) => {
+                delivered += 1;
+                continue;
+            }
+            Ok(Err((e, _))) => anyhow::Error::new(e),
+            Err(_canceled) => anyhow::anyhow!("the producer dropped the delivery"),
+        };
+        let row = &rows[delivered];
+        warn!(
+            row = row.id,
+            error = format!("{error:#}"),
+            "outbox delivery failed"
+        );
+        failure = Some(error.context(format!(
+            "failed to deliver outbox row {} to {}",
+            row.id, row.topic
+        )));
+        break;
+    }
+    (&rows[..delivered], failure)
+}
