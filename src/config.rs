@@ -73,6 +73,10 @@ pub struct Settings {
     /// Extra librdkafka properties for every client (`KAFKA_CONFIG`, `k=v,k=v`),
     /// e.g. `security.protocol=SASL_SSL`.
     pub kafka_extra: Vec<(String, String)>,
+    /// Extra properties for consumers only (`KAFKA_CONSUMER_CONFIG`).
+    pub kafka_consumer_extra: Vec<(String, String)>,
+    /// Extra properties for producers only (`KAFKA_PRODUCER_CONFIG`).
+    pub kafka_producer_extra: Vec<(String, String)>,
     pub group_id: String,
     pub topics: Topics,
     /// `-1` asks the broker for its default replication factor.
@@ -139,6 +143,14 @@ impl Settings {
             database_max_connections: parse(&lookup, "DATABASE_MAX_CONNECTIONS", 10)?,
             kafka_brokers: get("KAFKA_BROKERS", "127.0.0.1:9092"),
             kafka_extra: parse_kv_list("KAFKA_CONFIG", &get("KAFKA_CONFIG", ""))?,
+            kafka_consumer_extra: parse_kv_list(
+                "KAFKA_CONSUMER_CONFIG",
+                &get("KAFKA_CONSUMER_CONFIG", ""),
+            )?,
+            kafka_producer_extra: parse_kv_list(
+                "KAFKA_PRODUCER_CONFIG",
+                &get("KAFKA_PRODUCER_CONFIG", ""),
+            )?,
             group_id: get("KAFKA_GROUP_ID", "orderflow"),
             topics,
             topic_replication_factor: parse(&lookup, "TOPIC_REPLICATION_FACTOR", 1)?,

@@ -218,6 +218,10 @@ impl Metrics {
         );
     }
 
+    pub fn transient_failures_count(&self, topic: &str) -> u64 {
+        self.transient_failures.with_label_values(&[topic]).get()
+    }
+
     pub fn set_consumer_lag(&self, topic: &str, partition: i32, lag: i64) {
         self.consumer_lag
             .with_label_values(&[topic, &partition.to_string()])

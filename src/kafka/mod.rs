@@ -9,26 +9,27 @@ use rdkafka::ClientConfig;
 
 use crate::config::Settings;
 
-/// Properties common to consumers, producers and admin clients.
-pub fn base_config(settings: &Settings) -> ClientConfig {
+fn client(settings: &Settings) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &settings.kafka_brokers)
         .set("client.id", "orderflow")
         .set_log_level(RDKafkaLogLevel::Warning);
-    for (key, value) in &settings.kafka_extra {
-        config.set(key, value);
-    }
+    config
+}
+
+/// Admin clients: the connection plus `KAFKA_CONFIG`.
+pub fn base_config(settings: &Settings) -> ClientConfig {
+    let mut config = client(settings);
+    apply_extra(&mut config, settings, &[]);
     config
 }
 
 /// At-least-once consumer: offsets are auto-committed in the background, but
 /// only offsets the loop explicitly *stored* after its database commit.
 pub fn consumer_config(settings: &Settings) -> ClientConfig {
-    let mut config = ClientConfig::new();
+    let mut config = client(settings);
     config
-        .set("bootstrap.servers", &settings.kafka_brokers)
-        .set("client.id", "orderflow")
         .set("group.id", &settings.group_id)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
@@ -39,25 +40,31 @@ pub fn consumer_config(settings: &Settings) -> ClientConfig {
             "statistics.interval.ms",
             settings.statistics_interval.as_millis().to_string(),
         )
-        // Bound what librdkafka prefetches per partition (memory and the
-        // amount re-read after a crash).
-        .set("queued.max.messages.kbytes", "16384")
-        .set_log_level(RDKafkaLogLevel::Warning);
-    for (key, value) in &settings.kafka_extra {
-        config.set(key, value);
-    }
+        // Bound what librdkafka prefetches per partition (memory, and what a
+        // crash makes us re-read).
+        .set("queued.max.messages.kbytes", "16384");
+    apply_extra(&mut config, settings, &settings.kafka_consumer_extra);
     config
 }
 
 /// Idempotent producer: retries cannot duplicate or reorder records within a
 /// partition. `murmur2_random` puts a key where Java producers put it.
 pub fn producer_config(settings: &Settings) -> ClientConfig {
-    let mut config = base_config(settings);
+    let mut config = client(settings);
     config
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("partitioner", "murmur2_random")
         .set("linger.ms", "5")
         .set("message.timeout.ms", "30000");
+    apply_extra(&mut config, settings, &settings.kafka_producer_extra);
     config
+}
+
+/// `KAFKA_CONFIG` (every client), then the role's own variable, so the more
+/// specific setting wins and both override the defaults above.
+fn apply_extra(config: &mut ClientConfig, settings: &Settings, role: &[(String, String)]) {
+    for (key, value) in settings.kafka_extra.iter().chain(role) {
+        config.set(key, value);
+    }
 }

@@ -1,0 +1,82 @@
+# Shared set-up for run.sh and test.sh: PostgreSQL, the Tansu broker.
+# Sourced, not executed. Everything it starts is recorded for cleanup().
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+LOCAL="$ROOT/.local"
+mkdir -p "$LOCAL"
+export PATH="$HOME/.cargo/bin:$PATH"
+export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/orderflow}"
+export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:9092}"
+TANSU_VERSION=0.6.0
+STARTED_PIDS=()
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf '\033[31merror:\033[0m %s\n' "$*" >&2; exit 1; }
+
+cleanup() {
+  for pid in "${STARTED_PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${STARTED_PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+}
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+# PostgreSQL: use it if it answers; start the local cluster if it is stopped;
+# otherwise explain what to do.
+ensure_postgres() {
+  if pg_isready -q -d "$DATABASE_URL" 2>/dev/null; then
+    return
+  fi
+  if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ] && [ -n "$(ls /etc/postgresql 2>/dev/null)" ]; then
+    local version
+    version="$(ls /etc/postgresql | sort -V | tail -1)"
+    say "starting PostgreSQL $version"
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start || die "could not start PostgreSQL $version (see /var/log/postgresql/)"
+    for _ in $(seq 1 30); do
+      pg_isready -q -d "$DATABASE_URL" 2>/dev/null && return
+      sleep 1
+    done
+    die "PostgreSQL $version started but $DATABASE_URL does not answer"
+  fi
+  die "no PostgreSQL answers at $DATABASE_URL and none is installed here.
+  Install one (Debian/Ubuntu: sudo apt-get install postgresql; macOS: brew install postgresql@15),
+  or point DATABASE_URL at a server you can reach, e.g.
+  DATABASE_URL=postgres://user:pass@host:5432/orderflow $0"
+}
+
+# Tansu, a Kafka-protocol broker: reuse an installed binary, never rebuild.
+ensure_tansu() {
+  if command -v tansu >/dev/null; then
+    return
+  fi
+  command -v cargo >/dev/null || die "cargo is needed to install the Tansu broker (https://rustup.rs)"
+  say "installing the Tansu broker $TANSU_VERSION (first time only, ~10 minutes on 2 cores)"
+  cargo install "tansu@$TANSU_VERSION" --locked --features dynostore,libsql || die "cargo install tansu failed"
+}
+
+# start_broker STORAGE: reuse a broker already listening on KAFKA_BROKERS,
+# else start Tansu there with STORAGE (memory://tansu/ or sqlite://PATH).
+start_broker() {
+  local storage="$1" host port
+  host="${KAFKA_BROKERS%%,*}"; port="${host##*:}"; host="${host%:*}"
+  if port_open "$host" "$port"; then
+    say "using the broker already listening on $host:$port"
+    return
+  fi
+  ensure_tansu
+  say "starting Tansu on $host:$port ($storage)"
+  tansu broker \
+    --listener-url "tcp://$host:$port" \
+    --advertised-listener-url "tcp://$host:$port" \
+    --storage-engine "$storage" >"$LOCAL/tansu.log" 2>&1 &
+  STARTED_PIDS+=("$!")
+  for _ in $(seq 1 100); do
+    port_open "$host" "$port" && return
+    kill -0 "$!" 2>/dev/null || die "Tansu exited at start; see $LOCAL/tansu.log"
+    sleep 0.1
+  done
+  die "Tansu did not listen on $host:$port within 10 s; see $LOCAL/tansu.log"
+}

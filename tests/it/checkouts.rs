@@ -1,0 +1,319 @@
+//! Checkouts become orders: pricing, events, duplicates, rejections, dead letters.
+
+use std::time::Duration;
+
+use orderflow::telemetry::Outcome;
+
+use crate::helpers::{checkout, TestEnv};
+
+#[tokio::test]
+async fn a_checkout_becomes_a_priced_order_with_an_order_created_event() {
+    let env = TestEnv::new().await;
+    let app = env.start().await;
+    let ev = checkout("ord-1", 101, 7);
+    env.produce_checkout(&ev).await;
+
+    env.wait_count("SELECT count(*) FROM orders", 1).await;
+    let (status, order) = app.get("/orders/ord-1").await;
+    assert_eq!(status, 200);
+    assert_eq!(order["status"], "PENDING_PAYMENT");
+    assert_eq!(order["currency"], "USD");
+    assert_eq!(order["subtotal_minor"], 2_550);
+    assert_eq!(order["tax_rate_ppm"], 72_500);
+    assert_eq!(order["tax_minor"], 185); // 184.875 rounds half-up
+    assert_eq!(order["shipping_minor"], 499);
+    assert_eq!(order["total_minor"], 3_234);
+    assert_eq!(order["item_count"], 3);
+    assert_eq!(order["items"][0]["line_total_minor"], 2_000);
+    assert_eq!(order["items"][1]["sku"], "SKU-B");
+    assert_eq!(order["history"].as_array().unwrap().len(), 1);
+    assert_eq!(order["history"][0]["to_status"], "PENDING_PAYMENT");
+    assert_eq!(order["history"][0]["cause_event_id"], ev.event_id.as_str());
+
+    let records = env
+        .read_topic(&env.settings.topics.order_events, 1, Duration::ZERO)
+        .await;
+    let created = records[0].json();
+    assert_eq!(records[0].key.as_deref(), Some("ord-1"));
+    assert_eq!(records[0].headers["event_type"], "OrderCreated");
+    assert_eq!(created["event_type"], "OrderCreated");
+    assert_eq!(created["causation_event_id"], ev.event_id.as_str());
+    assert_eq!(created["order_id"], "ord-1");
+    assert_eq!(created["user_id"], 7);
+    assert_eq!(created["status"], "PENDING_PAYMENT");
+    assert_eq!(created["total_minor"], 3_234);
+    assert_eq!(created["item_count"], 3);
+    assert_ne!(created["event_id"], ev.event_id.as_str());
+    assert_eq!(
+        app.handled(&env.settings.topics.checkouts, Outcome::Applied),
+        1
+    );
+    // Published rows are marked sent.
+    env.wait_count("SELECT count(*) FROM outbox WHERE sent_at IS NULL", 0)
+        .await;
+
+    app.stop().await;
+    env.drop_database().await;
+}
+
+#[tokio::test]
+async fn the_same_event_twice_creates_one_order_and_counts_a_duplicate() {
+    let env = TestEnv::new().await;
+    let app = env.start().await;
+    let ev = checkout("ord-dup", 202, 1);
+    env.produce_checkout(&ev).await;
+    env.produce_checkout(&ev).await;
+
+    app.wait_handled(&env.settings.topics.checkouts, Outcome::Duplicate, 1)
+        .await;
+    assert_eq!(
+        app.handled(&env.settings.topics.checkouts, Outcome::Applied),
+        1
+    );
+    assert_eq!(env.count("SELECT count(*) FROM orders").await, 1);
+    assert_eq!(env.count("SELECT count(*) FROM order_items").await, 2);
+    assert_eq!(
+        env.count("SELECT count(*) FROM order_status_history").await,
+        1
+    );
+    assert_eq!(env.count("SELECT count(*) FROM outbox").await, 1);
+
+    app.stop().await;
+    env.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_second_checkout_of_the_same_cart_creates_nothing_new() {
+    let env = TestEnv::new().await;
+    let app = env.start().await;
+    env.produce_checkout(&checkout("ord-first", 303, 1)).await;
+    // New event id and new order id, same cart: an upstream double submit.
+    env.produce_checkout(&checkout("ord-second", 303, 1)).await;
+    // Same order id and cart under a new event id: an upstream retry.
+    env.produce_checkout(&checkout("ord-first", 303, 1)).await;
+
+    let topic = &env.settings.topics.checkouts;
+    app.wait_handled(topic, Outcome::Duplicate, 2).await;
+    assert_eq!(app.handled(topic, Outcome::Applied), 1);
+    let ids: Vec<String> = sqlx::query_scalar("SELECT order_id FROM orders")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(ids, vec!["ord-first".to_string()]);
+    assert_eq!(env.count("SELECT count(*) FROM outbox").await, 1);
+    assert_eq!(
+        env.count("SELECT count(*) FROM processed_events WHERE outcome = 'duplicate'")
+            .await,
+        2
+    );
+
+    app.stop().await;
+    env.drop_database().await;
+}
+
+#[tokio::test]
+async fn invalid_checkouts_are_recorded_as_rejected_with_their_reason() {
+    let env = TestEnv::new().await;
+    let app = env.start().await;
+    let mut cases = Vec::new();
+    let mut no_items = checkout("rej-empty", 1, 1);
+    no_items.items.clear();
+    cases.push((no_items, "cart has no items"));
+    let mut zero = checkout("rej-zero", 2, 1);
+    zero.items[1].quantity = 0;
+    cases.push((zero, "item 2 (SKU-B): quantity 0 must be at least 1"));
+    let mut negative = checkout("rej-neg", 3, 1);
+    negative.items[0].unit_price_minor = -5;
+    cases.push((negative, "unit price -5 must not be negative"));
+    let mut currency = checkout("rej-cur", 4, 1);
+    currency.currency = "ABC".into();
+    cases.push((currency, "unknown currency code \"ABC\""));
+    let mut overflow = checkout("rej-big", 5, 1);
+    overflow.items[0].unit_price_minor = i64::MAX / 2;
+    cases.push((overflow, "overflows"));
+    for (ev, _) in &cases {
+        env.produce_checkout(ev).await;
+    }
+
+    env.wait_count(
+        "SELECT count(*) FROM orders WHERE status = 'REJECTED'",
+        cases.len() as i64,
+    )
+    .await;
+    for (ev, reason) in &cases {
+        let (status, order) = app.get(&format!("/orders/{}", ev.order_id)).await;
+        assert_eq!(status, 200);
+        assert_eq!(order["status"], "REJECTED");
+        let stored = order["rejection_reason"].as_str().unwrap();
+        assert!(
+            stored.contains(reason),
+            "{}: {stored:?} should contain {reason:?}",
+            ev.order_id
+        );
+        assert!(order["total_minor"].is_null());
+        assert_eq!(order["history"][0]["to_status"], "REJECTED");
+    }
+    let events = env
+        .read_topic(
+            &env.settings.topics.order_events,
+            cases.len(),
+            Duration::ZERO,
+        )
+        .await;
+    for record in &events {
+        let e = record.json();
+        assert_eq!(e["event_type"], "OrderRejected");
+        assert_eq!(e["status"], "REJECTED");
+        let (ev, reason) = cases
+            .iter()
+            .find(|(ev, _)| e["order_id"] == ev.order_id.as_str())
+            .unwrap();
+        assert_eq!(e["causation_event_id"], ev.event_id.as_str());
+        assert!(e["reason"].as_str().unwrap().contains(reason));
+    }
+    assert_eq!(
+        app.handled(&env.settings.topics.checkouts, Outcome::Rejected),
+        cases.len() as u64
+    );
+
+    app.stop().await;
+    env.drop_database().await;
+}
+
+#[tokio::test]
+async fn undecodable_messages_go_to_the_dead_letter_topic_and_the_loop_moves_on() {
+    let env = TestEnv::new().await;
+    let app = env.start().await;
+    let topic = env.settings.topics.checkouts.clone();
+    // All on one key, so all on one partition, in this order.
+    env.produce(&topic, Some("ord-ok"), b"this is not json")
+        .await;
+    env.produce(
+        &topic,
+        Some("ord-ok"),
+        br#"{"event_id": "e1", "order_id": 12}"#,
+    )
+    .await;
+    let mut wrong_key = checkout("ord-other", 9, 1);
+    wrong_key.event_id = "wrong-key".into();
+    env.produce(
+        &topic,
+        Some("ord-ok"),
+        &serde_json::to_vec(&wrong_key).unwrap(),
+    )
+    .await;
+    env.produce_checkout(&checkout("ord-ok", 10, 1)).await;
+
+    env.wait_count("SELECT count(*) FROM orders", 1).await;
+    app.wait_handled(&topic, Outcome::DeadLettered, 3).await;
+    let dead = env
+        .read_topic(&format!("{topic}.dlq"), 3, Duration::ZERO)
+        .await;
+    assert_eq!(dead[0].payload, b"this is not json");
+    assert_eq!(dead[0].key.as_deref(), Some("ord-ok"));
+    assert!(
+        dead[0].headers["error"].contains("neither JSON nor Confluent Avro"),
+        "{:?}",
+        dead[0].headers
+    );
+    assert_eq!(dead[0].headers["error_class"], "decode");
+    assert_eq!(dead[0].headers["source_topic"], topic);
+    assert!(dead[0].headers.contains_key("source_offset"));
+    assert!(
+        dead[1].headers["error"].contains("invalid JSON"),
+        "{:?}",
+        dead[1].headers
+    );
+    assert!(
+        dead[2].headers["error"].contains("does not match order_id"),
+        "{:?}",
+        dead[2].headers
+    );
+    // Nothing was recorded for the dead letters.
+    assert_eq!(env.count("SELECT count(*) FROM processed_events").await, 1);
+
+    app.stop().await;
+    env.drop_database().await;
+}
+
+#[tokio::test]
+async fn an_order_id_reused_for_another_cart_is_dead_lettered_not_merged() {
+    let env = TestEnv::new().await;
+    let app = env.start().await;
+    env.produce_checkout(&checkout("ord-taken", 1, 1)).await;
+    env.produce_checkout(&checkout("ord-taken", 2, 1)).await;
+
+    let topic = &env.settings.topics.checkouts;
+    app.wait_handled(topic, Outcome::DeadLettered, 1).await;
+    let dead = env
+        .read_topic(&format!("{topic}.dlq"), 1, Duration::ZERO)
+        .await;
+    assert!(
+        dead[0].headers["error"].contains("already belongs to cart 1"),
+        "{:?}",
+        dead[0].headers
+    );
+    assert_eq!(
+        env.count("SELECT cart_id FROM orders WHERE order_id = 'ord-taken'")
+            .await,
+        1
+    );
+
+    app.stop().await;
+    env.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_batch_survives_a_database_outage_and_is_applied_when_it_returns() {
+    let env = TestEnv::new().await;
+    let app = env.start().await;
+    let db = env
+        .settings
+        .database_url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let admin =
+        orderflow::store::pool(&env.settings.database_url.replace(&db, "postgres"), 1).unwrap();
+    // Take the database away: refuse new connections and cut existing ones.
+    sqlx::query(&format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&db)
+        .execute(&admin)
+        .await
+        .unwrap();
+
+    env.produce_checkout(&checkout("ord-outage", 77, 1)).await;
+    let topic = env.settings.topics.checkouts.clone();
+    let started = std::time::Instant::now();
+    while app.running.metrics.transient_failures_count(&topic) == 0 {
+        assert!(
+            started.elapsed() < crate::helpers::WAIT,
+            "no transient failure observed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.handled(&topic, Outcome::DeadLettered), 0);
+    assert_eq!(app.handled(&topic, Outcome::Applied), 0);
+
+    sqlx::query(&format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    app.wait_handled(&topic, Outcome::Applied, 1).await;
+    let pool = orderflow::store::pool(&env.settings.database_url, 1).unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    pool.close().await;
+    admin.close().await;
+
+    app.stop().await;
+    env.drop_database().await;
+}

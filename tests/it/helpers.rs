@@ -1,0 +1,293 @@
+//! Test harness: a fresh database and fresh topic names per test, the real
+//! broker on KAFKA_BROKERS (started by scripts/test.sh), the real app.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use orderflow::app::{self, Component, Running};
+use orderflow::config::{Settings, Topics};
+use orderflow::events::{Address, CheckoutEvent, CheckoutItem};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::FutureProducer;
+use rdkafka::ClientConfig;
+use sqlx::PgPool;
+
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// One test's world: its own database, topics and consumer group.
+pub struct TestEnv {
+    pub settings: Settings,
+    pub pool: PgPool,
+    producer: FutureProducer,
+}
+
+impl TestEnv {
+    pub async fn new() -> TestEnv {
+        Self::with(|_| {}).await
+    }
+
+    pub async fn with(customise: impl FnOnce(&mut Settings)) -> TestEnv {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let base = Settings::from_env().expect("settings from the environment");
+        let server = base
+            .database_url
+            .rsplit_once('/')
+            .map(|(s, _)| s.to_owned())
+            .expect("DATABASE_URL has a path");
+        let mut settings = base.clone();
+        settings.database_url = format!("{server}/orderflow_test_{id}");
+        settings.topics = Topics::prefixed(&format!("t{id}-"));
+        settings.group_id = format!("orderflow-test-{id}");
+        settings.http_addr = "127.0.0.1:0".parse().unwrap();
+        settings.batch_max_wait = Duration::from_millis(10);
+        settings.outbox_poll_interval = Duration::from_millis(50);
+        settings.statistics_interval = Duration::from_millis(500);
+        settings.topic_replication_factor = 1;
+        customise(&mut settings);
+
+        orderflow::store::migrate(&settings.database_url)
+            .await
+            .expect("migrate test database");
+        let specs = orderflow::kafka::topics::load_specs(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("topics"),
+        )
+        .expect("topic definitions");
+        orderflow::kafka::topics::apply(&settings, &specs)
+            .await
+            .expect("create test topics");
+        let pool = orderflow::store::pool(&settings.database_url, 4).unwrap();
+        let producer = orderflow::produce::producer(&settings).unwrap();
+        TestEnv {
+            settings,
+            pool,
+            producer,
+        }
+    }
+
+    pub async fn start(&self) -> TestApp {
+        self.start_only(&Component::ALL).await
+    }
+
+    pub async fn start_only(&self, components: &[Component]) -> TestApp {
+        let running = app::start(self.settings.clone(), components)
+            .await
+            .expect("start app");
+        let base = format!("http://{}", running.http_addr.expect("http started"));
+        TestApp {
+            running,
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn produce(&self, topic: &str, key: Option<&str>, payload: &[u8]) {
+        let mut record = rdkafka::producer::FutureRecord::<str, [u8]>::to(topic).payload(payload);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        self.producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
+    }
+
+    pub async fn produce_checkout(&self, checkout: &CheckoutEvent) {
+        let payload = serde_json::to_vec(checkout).unwrap();
+        self.produce(
+            &self.settings.topics.checkouts,
+            Some(&checkout.order_id),
+            &payload,
+        )
+        .await;
+    }
+
+    /// Polls `query` (a scalar count) until it returns `expected`.
+    pub async fn wait_count(&self, query: &str, expected: i64) {
+        let started = Instant::now();
+        loop {
+            let n: i64 = sqlx::query_scalar(query)
+                .fetch_one(&self.pool)
+                .await
+                .expect(query);
+            if n == expected {
+                return;
+            }
+            assert!(
+                started.elapsed() < WAIT,
+                "timed out: `{query}` is {n}, expected {expected}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn count(&self, query: &str) -> i64 {
+        sqlx::query_scalar(query)
+            .fetch_one(&self.pool)
+            .await
+            .expect(query)
+    }
+
+    /// Reads `n` records from `topic` from the beginning (a fresh group), and
+    /// then `linger` longer to catch any extra record.
+    pub async fn read_topic(&self, topic: &str, n: usize, linger: Duration) -> Vec<Record> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.settings.kafka_brokers)
+            .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[topic]).unwrap();
+        let mut records = Vec::new();
+        let started = Instant::now();
+        let mut deadline = started + WAIT;
+        while Instant::now() < deadline {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, consumer.recv()).await {
+                Ok(Ok(m)) => {
+                    let headers = m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| {
+                                    (
+                                        h.key.to_owned(),
+                                        String::from_utf8_lossy(h.value.unwrap_or_default())
+                                            .into_owned(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    records.push(Record {
+                        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                        payload: m.payload().unwrap_or_default().to_vec(),
+                        headers,
+                    });
+                    if records.len() == n {
+                        deadline = Instant::now() + linger;
+                    }
+                }
+                Ok(Err(e)) => panic!("reading {topic}: {e}"),
+                Err(_) => break,
+            }
+        }
+        assert!(
+            records.len() >= n,
+            "read {} records from {topic}, expected {n}",
+            records.len()
+        );
+        records
+    }
+
+    pub async fn drop_database(self) {
+        self.pool.close().await;
+        orderflow::store::drop_database(&self.settings.database_url)
+            .await
+            .unwrap();
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    pub headers: HashMap<String, String>,
+}
+
+impl Record {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).expect("record is JSON")
+    }
+}
+
+pub struct TestApp {
+    pub running: Running,
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl TestApp {
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("GET");
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(serde_json::Value::Null);
+        (status, body)
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    pub fn handled(&self, topic: &str, outcome: orderflow::telemetry::Outcome) -> u64 {
+        self.running.metrics.messages_count(topic, outcome)
+    }
+
+    /// Waits until `handled(topic, outcome)` reaches `n`.
+    pub async fn wait_handled(&self, topic: &str, outcome: orderflow::telemetry::Outcome, n: u64) {
+        let started = Instant::now();
+        while self.handled(topic, outcome) < n {
+            assert!(
+                started.elapsed() < WAIT,
+                "timed out waiting for {n} {outcome:?} on {topic}, got {}",
+                self.handled(topic, outcome)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn stop(self) {
+        self.running.stop().await;
+    }
+}
+
+/// A valid checkout shipped to California: 2 × 1,000 + 1 × 550 = 2,550 cents.
+pub fn checkout(order_id: &str, cart_id: i64, user_id: i64) -> CheckoutEvent {
+    let address = Address {
+        street: "1 Market St".into(),
+        city: "San Francisco".into(),
+        state: "CA".into(),
+        zip_code: "94105".into(),
+        country: "US".into(),
+    };
+    CheckoutEvent {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        order_id: order_id.into(),
+        cart_id,
+        user_id,
+        currency: "USD".into(),
+        items: vec![
+            CheckoutItem {
+                sku: "SKU-A".into(),
+                name: "Thing A".into(),
+                quantity: 2,
+                unit_price_minor: 1_000,
+            },
+            CheckoutItem {
+                sku: "SKU-B".into(),
+                name: "Thing B".into(),
+                quantity: 1,
+                unit_price_minor: 550,
+            },
+        ],
+        shipping_address: address.clone(),
+        billing_address: address,
+        payment_method: "card".into(),
+        occurred_at: chrono::Utc::now(),
+    }
+}

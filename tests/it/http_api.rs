@@ -1,0 +1,142 @@
+//! The read API: order detail and status, user history, health, metrics.
+
+use orderflow::telemetry::Outcome;
+
+use crate::helpers::{checkout, TestEnv};
+
+#[tokio::test]
+async fn unknown_orders_and_bad_parameters_get_json_errors() {
+    let env = TestEnv::new().await;
+    let app = env.start().await;
+
+    let (status, body) = app.get("/orders/nope").await;
+    assert_eq!(
+        (status, body["error"].as_str().unwrap()),
+        (404, "order nope not found")
+    );
+    let (status, _) = app.get("/orders/nope/status").await;
+    assert_eq!(status, 404);
+    let (status, body) = app.get(&format!("/orders/{}", "x".repeat(200))).await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("longer than 128"));
+    let (status, body) = app.get("/users/abc/orders").await;
+    assert_eq!(
+        (status, body["error"].as_str().unwrap()),
+        (400, "user_id \"abc\" is not an integer")
+    );
+    for bad in ["limit=0", "limit=101", "limit=ten", "before=yesterday"] {
+        let (status, body) = app.get(&format!("/users/1/orders?{bad}")).await;
+        assert_eq!(status, 400, "{bad}");
+        assert!(body["error"].is_string(), "{bad}");
+    }
+    let (status, body) = app.get("/no/such/route").await;
+    assert_eq!(
+        (status, body["error"].as_str().unwrap()),
+        (404, "no such route")
+    );
+
+    app.stop().await;
+    env.drop_database().await;
+}
+
+#[tokio::test]
+async fn status_is_small_and_history_pages_newest_first_with_items() {
+    let env = TestEnv::new().await;
+    let app = env.start().await;
+    for i in 1..=5 {
+        env.produce_checkout(&checkout(&format!("u-ord-{i}"), 1000 + i, 42))
+            .await;
+    }
+    env.produce_checkout(&checkout("other-user", 2000, 43))
+        .await;
+    env.wait_count("SELECT count(*) FROM orders", 6).await;
+
+    let (status, body) = app.get("/orders/u-ord-3/status").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "PENDING_PAYMENT");
+    assert_eq!(body["order_id"], "u-ord-3");
+    assert!(body.get("items").is_none());
+
+    let expected: Vec<String> = sqlx::query_scalar(
+        "SELECT order_id FROM orders WHERE user_id = 42 ORDER BY created_at DESC, order_id DESC",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    let mut path = "/users/42/orders?limit=2".to_owned();
+    loop {
+        let (status, page) = app.get(&path).await;
+        assert_eq!(status, 200);
+        for order in page["orders"].as_array().unwrap() {
+            assert_eq!(order["user_id"], 42);
+            assert_eq!(order["items"].as_array().unwrap().len(), 2);
+            seen.push(order["order_id"].as_str().unwrap().to_owned());
+        }
+        match page["next_before"].as_str() {
+            Some(cursor) => path = format!("/users/42/orders?limit=2&before={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, expected);
+    let (_, empty) = app.get("/users/999/orders").await;
+    assert_eq!(empty["orders"].as_array().unwrap().len(), 0);
+    assert!(empty["next_before"].is_null());
+
+    app.stop().await;
+    env.drop_database().await;
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_report_the_running_service() {
+    let env = TestEnv::new().await;
+    let app = env.start().await;
+    let (status, _) = app.get("/healthz").await;
+    assert_eq!(status, 200);
+    let (status, ready) = app.get("/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["database"], true);
+    assert_eq!(ready["consumers"][&env.settings.topics.checkouts], true);
+
+    env.produce_checkout(&checkout("m-1", 1, 1)).await;
+    app.wait_handled(&env.settings.topics.checkouts, Outcome::Applied, 1)
+        .await;
+    env.wait_count("SELECT count(*) FROM outbox WHERE sent_at IS NULL", 0)
+        .await;
+    app.get("/orders/m-1").await;
+    let text = app.metrics().await;
+    for expected in [
+        "orderflow_messages_total{outcome=\"applied\"",
+        "orderflow_batch_duration_seconds_bucket",
+        "orderflow_end_to_end_latency_seconds_count",
+        "orderflow_outbox_publish_latency_seconds_count",
+        "orderflow_outbox_published_total",
+        "orderflow_http_requests_total{route=\"/orders/{order_id}\",status=\"200\"}",
+        "orderflow_http_request_duration_seconds_bucket",
+    ] {
+        assert!(text.contains(expected), "missing {expected} in\n{text}");
+    }
+    assert!(!text.contains("m-1"), "an order id leaked into a label");
+    // Lag comes from librdkafka statistics, every 500 ms in tests.
+    let started = std::time::Instant::now();
+    while !app
+        .metrics()
+        .await
+        .contains("orderflow_consumer_lag_messages{")
+    {
+        assert!(
+            started.elapsed() < crate::helpers::WAIT,
+            "no consumer lag reported"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // An HTTP-only deployment expects no consumers and is ready on its own.
+    let http_only = env.start_only(&[orderflow::app::Component::Http]).await;
+    let (status, _) = http_only.get("/readyz").await;
+    assert_eq!(status, 200);
+    http_only.stop().await;
+
+    app.stop().await;
+    env.drop_database().await;
+}

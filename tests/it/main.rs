@@ -1,0 +1,8 @@
+//! Integration tests against a real PostgreSQL and a real Kafka-protocol
+//! broker (Tansu here, started by scripts/test.sh). Each test has its own
+//! database, topics and consumer group, so they run in parallel.
+
+mod checkouts;
+mod helpers;
+mod http_api;
+mod restart;
