@@ -13,12 +13,13 @@ STARTED_PIDS=()
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf '\033[31merror:\033[0m %s\n' "$*" >&2; exit 1; }
 
+# Stops what we started, one at a time and in order (orderflow before the
+# broker, so its final offset commit still has a broker to go to).
 cleanup() {
   for pid in "${STARTED_PIDS[@]}"; do
-    kill "$pid" 2>/dev/null || true
-  done
-  for pid in "${STARTED_PIDS[@]}"; do
-    wait "$pid" 2>/dev/null || true
+    kill "$pid" 2>/dev/null || continue
+    for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
   done
 }
 
@@ -68,7 +69,9 @@ start_broker() {
   fi
   ensure_tansu
   say "starting Tansu on $host:$port ($storage)"
-  tansu broker \
+  # Own session: a Ctrl-C in the terminal reaches orderflow, not the broker;
+  # cleanup() stops the broker after orderflow has committed.
+  setsid tansu broker \
     --listener-url "tcp://$host:$port" \
     --advertised-listener-url "tcp://$host:$port" \
     --storage-engine "$storage" >"$LOCAL/tansu.log" 2>&1 &

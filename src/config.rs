@@ -91,6 +91,8 @@ pub struct Settings {
     pub default_tax_rate_ppm: u32,
     pub statistics_interval: Duration,
     pub log_format: LogFormat,
+    /// How long a graceful stop may take before the process exits anyway.
+    pub shutdown_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +178,7 @@ impl Settings {
                 5_000,
             )?),
             log_format: parse(&lookup, "LOG_FORMAT", LogFormat::Text)?,
+            shutdown_timeout: Duration::from_secs(parse(&lookup, "SHUTDOWN_TIMEOUT_SECS", 30)?),
         };
         settings.check()?;
         Ok(settings)

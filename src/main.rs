@@ -140,6 +140,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<()> {
             if migrate {
                 store::migrate(&settings.database_url).await?;
             }
+            let grace = settings.shutdown_timeout;
             let components = if only.is_empty() {
                 Component::ALL.to_vec()
             } else {
@@ -151,7 +152,13 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<()> {
                 _ = running.stopped() => tracing::error!("a component failed"),
             }
             tracing::info!("shutting down: finishing batches in hand");
-            running.stop().await;
+            if tokio::time::timeout(grace, running.stop()).await.is_err() {
+                // Whatever was not committed is redelivered on restart.
+                anyhow::bail!(
+                    "graceful shutdown took longer than SHUTDOWN_TIMEOUT_SECS={}",
+                    grace.as_secs()
+                );
+            }
         }
     }
     Ok(())

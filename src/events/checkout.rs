@@ -53,3 +53,69 @@ impl CheckoutEvent {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+    use std::collections::BTreeSet;
+
+    fn avro_fields(record: &Value) -> BTreeSet<String> {
+        record["fields"]
+            .as_array()
+            .expect("record has fields")
+            .iter()
+            .map(|f| f["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn json_fields(value: &Value) -> BTreeSet<String> {
+        value.as_object().unwrap().keys().cloned().collect()
+    }
+
+    #[test]
+    fn json_field_names_match_the_avro_schema() {
+        let schema: Value = serde_json::from_str(include_str!("../../schemas/checkout.avsc"))
+            .expect("checkout.avsc is JSON");
+        let address = Address {
+            street: "s".into(),
+            city: "c".into(),
+            state: "st".into(),
+            zip_code: "z".into(),
+            country: "US".into(),
+        };
+        let event = CheckoutEvent {
+            event_id: "e".into(),
+            order_id: "o".into(),
+            cart_id: 1,
+            user_id: 2,
+            currency: "USD".into(),
+            items: vec![CheckoutItem {
+                sku: "A".into(),
+                name: "a".into(),
+                quantity: 1,
+                unit_price_minor: 1,
+            }],
+            shipping_address: address.clone(),
+            billing_address: address,
+            payment_method: "card".into(),
+            occurred_at: Utc::now(),
+        };
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(avro_fields(&schema), json_fields(&json));
+        let fields = schema["fields"].as_array().unwrap();
+        let by_name = |n: &str| fields.iter().find(|f| f["name"] == n).unwrap().clone();
+        assert_eq!(
+            avro_fields(&by_name("items")["type"]["items"]),
+            json_fields(&json["items"][0])
+        );
+        assert_eq!(
+            avro_fields(&by_name("shipping_address")["type"]),
+            json_fields(&json["shipping_address"])
+        );
+        assert!(
+            json["occurred_at"].is_i64(),
+            "occurred_at is epoch millis like timestamp-millis"
+        );
+    }
+}

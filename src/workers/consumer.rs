@@ -119,9 +119,33 @@ impl ConsumerContext for LoopContext {
     }
 }
 
+impl RawMessage {
+    fn detach(msg: &rdkafka::message::BorrowedMessage<'_>) -> Self {
+        RawMessage {
+            partition: msg.partition(),
+            offset: msg.offset(),
+            key: msg.key().map(<[u8]>::to_vec),
+            payload: msg.payload().map(<[u8]>::to_vec),
+        }
+    }
+}
+
 struct PartitionBuffer {
     messages: Vec<RawMessage>,
+    /// When the first message arrived: the batch is due `max_wait` later.
     since: Instant,
+}
+
+/// Appends to its partition's buffer; returns that buffer's length.
+fn buffer(buffers: &mut BTreeMap<i32, PartitionBuffer>, raw: RawMessage) -> usize {
+    let buf = buffers
+        .entry(raw.partition)
+        .or_insert_with(|| PartitionBuffer {
+            messages: Vec::new(),
+            since: Instant::now(),
+        });
+    buf.messages.push(raw);
+    buf.messages.len()
 }
 
 /// Runs the loop for `topic` until `shutdown`; then finishes the batch in
@@ -175,17 +199,10 @@ pub async fn run<H: Handler>(
             received = consumer.recv() => match received {
                 Ok(msg) => {
                     recv_errors = 0;
-                    let raw = RawMessage {
-                        partition: msg.partition(),
-                        offset: msg.offset(),
-                        key: msg.key().map(<[u8]>::to_vec),
-                        payload: msg.payload().map(<[u8]>::to_vec),
-                    };
+                    let raw = RawMessage::detach(&msg);
                     drop(msg);
                     let partition = raw.partition;
-                    let buf = buffers.entry(partition).or_insert_with(|| PartitionBuffer { messages: Vec::new(), since: Instant::now() });
-                    buf.messages.push(raw);
-                    if buf.messages.len() >= max_messages {
+                    if buffer(&mut buffers, raw) >= max_messages {
                         let buf = buffers.remove(&partition).expect("buffer just filled");
                         processor.apply_with_retry(&consumer, buf.messages, &mut buffers, &shutdown).await;
                     }
@@ -213,6 +230,11 @@ pub async fn run<H: Handler>(
         Err(e) => warn!(%topic, error = %e, "failed to commit offsets at shutdown"),
     }
     deps.metrics.set_consumer_up(&topic, false);
+    // Closing leaves the group; librdkafka blocks while it does, for long if
+    // the broker is gone, so keep that off the async workers.
+    tokio::task::spawn_blocking(move || drop(consumer))
+        .await
+        .context("consumer close panicked")?;
     info!(%topic, "consumer loop stopped");
     Ok(())
 }
@@ -326,13 +348,7 @@ impl<H: Handler> BatchProcessor<'_, H> {
                                 return;
                             }
                             received = consumer.recv() => if let Ok(msg) = received {
-                                let raw = RawMessage {
-                                    partition: msg.partition(),
-                                    offset: msg.offset(),
-                                    key: msg.key().map(<[u8]>::to_vec),
-                                    payload: msg.payload().map(<[u8]>::to_vec),
-                                };
-                                buffers.entry(raw.partition).or_insert_with(|| PartitionBuffer { messages: Vec::new(), since: Instant::now() }).messages.push(raw);
+                                buffer(buffers, RawMessage::detach(&msg));
                             }
                         }
                     }
@@ -383,12 +399,7 @@ impl<H: Handler> BatchProcessor<'_, H> {
     }
 
     async fn apply_batch(&self, batch: &[RawMessage]) -> anyhow::Result<BatchReport> {
-        let mut tx = self
-            .deps
-            .pool
-            .begin()
-            .await
-            .context("failed to begin transaction")?;
+        let mut tx = self.begin().await?;
         let mut outcomes = Vec::with_capacity(batch.len());
         for msg in batch {
             let decoded =
@@ -449,13 +460,16 @@ impl<H: Handler> BatchProcessor<'_, H> {
         .context("failed to enqueue dead letter")
     }
 
-    async fn dead_letter_alone(&self, msg: &RawMessage, reason: &str) -> anyhow::Result<()> {
-        let mut tx = self
-            .deps
+    async fn begin(&self) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        self.deps
             .pool
             .begin()
             .await
-            .context("failed to begin transaction")?;
+            .context("failed to begin transaction")
+    }
+
+    async fn dead_letter_alone(&self, msg: &RawMessage, reason: &str) -> anyhow::Result<()> {
+        let mut tx = self.begin().await?;
         self.enqueue_dead_letter(&mut tx, msg, "database", reason)
             .await?;
         tx.commit().await.context("failed to commit dead letter")?;
