@@ -95,11 +95,14 @@ async fn a_second_checkout_of_the_same_cart_creates_nothing_new() {
     let topic = &env.settings.topics.checkouts;
     app.wait_handled(topic, Outcome::Duplicate, 2).await;
     assert_eq!(app.handled(topic, Outcome::Applied), 1);
+    // The two order ids hash to different partitions, so either may win;
+    // exactly one order exists for the cart either way.
     let ids: Vec<String> = sqlx::query_scalar("SELECT order_id FROM orders")
         .fetch_all(&env.pool)
         .await
         .unwrap();
-    assert_eq!(ids, vec!["ord-first".to_string()]);
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert!(ids[0] == "ord-first" || ids[0] == "ord-second", "{ids:?}");
     assert_eq!(env.count("SELECT count(*) FROM outbox").await, 1);
     assert_eq!(
         env.count("SELECT count(*) FROM processed_events WHERE outcome = 'duplicate'")
