@@ -17,6 +17,8 @@ use crate::events::Codec;
 use crate::telemetry::Metrics;
 use crate::workers::checkout::CheckoutHandler;
 use crate::workers::consumer::{self, LoopDeps};
+use crate::workers::emit::Emitter;
+use crate::workers::lifecycle::{CancellationHandler, Lifecycle, PaymentHandler};
 use crate::workers::relay::Relay;
 
 /// A part of the service that can be deployed alone (`run --only ...`).
@@ -24,6 +26,10 @@ use crate::workers::relay::Relay;
 pub enum Component {
     /// The consumer loop of the checkouts topic.
     Checkouts,
+    /// The consumer loop of the payment-confirmations topic.
+    PaymentConfirmations,
+    /// The consumer loop of the cancellations topic.
+    Cancellations,
     /// The outbox relay (publishes order events and dead letters).
     Relay,
     /// The HTTP API, health and metrics.
@@ -31,7 +37,13 @@ pub enum Component {
 }
 
 impl Component {
-    pub const ALL: [Component; 3] = [Component::Checkouts, Component::Relay, Component::Http];
+    pub const ALL: [Component; 5] = [
+        Component::Checkouts,
+        Component::PaymentConfirmations,
+        Component::Cancellations,
+        Component::Relay,
+        Component::Http,
+    ];
 }
 
 /// A started service. Dropping it does not stop it; call [`Running::stop`].
@@ -85,17 +97,45 @@ pub async fn start(settings: Settings, components: &[Component]) -> anyhow::Resu
     };
     let mut expected_consumers = Vec::new();
 
+    let emitter = Emitter::new(codec.clone(), settings.topics.order_events.clone());
+    let lifecycle = Arc::new(Lifecycle::new(emitter.clone()));
     if components.contains(&Component::Checkouts) {
         let topic = settings.topics.checkouts.clone();
         expected_consumers.push(topic.clone());
         let handler = Arc::new(CheckoutHandler::new(
-            codec.clone(),
-            settings.topics.order_events.clone(),
+            emitter.clone(),
+            lifecycle.clone(),
             settings.default_tax_rate_ppm,
         ));
         let (stop, fail) = (consumers_stop.clone(), rest_stop.clone());
         consumers.spawn(supervise(
             "checkouts consumer",
+            fail,
+            consumer::run(deps.clone(), handler, topic, stop),
+        ));
+    }
+    if components.contains(&Component::PaymentConfirmations) {
+        let topic = settings.topics.payment_confirmations.clone();
+        expected_consumers.push(topic.clone());
+        let handler = Arc::new(PaymentHandler {
+            lifecycle: lifecycle.clone(),
+        });
+        let (stop, fail) = (consumers_stop.clone(), rest_stop.clone());
+        consumers.spawn(supervise(
+            "payments consumer",
+            fail,
+            consumer::run(deps.clone(), handler, topic, stop),
+        ));
+    }
+    if components.contains(&Component::Cancellations) {
+        let topic = settings.topics.cancellations.clone();
+        expected_consumers.push(topic.clone());
+        let handler = Arc::new(CancellationHandler {
+            lifecycle: lifecycle.clone(),
+        });
+        let (stop, fail) = (consumers_stop.clone(), rest_stop.clone());
+        consumers.spawn(supervise(
+            "cancellations consumer",
             fail,
             consumer::run(deps.clone(), handler, topic, stop),
         ));
@@ -129,6 +169,17 @@ pub async fn start(settings: Settings, components: &[Component]) -> anyhow::Resu
             .local_addr()
             .context("failed to read the bound address")?;
         http_addr = Some(addr);
+        rest.spawn(supervise(
+            "housekeeping",
+            rest_stop.clone(),
+            crate::workers::housekeeping::run(
+                pool.clone(),
+                metrics.clone(),
+                settings.parked_max_age,
+                std::time::Duration::from_secs(5),
+                rest_stop.clone(),
+            ),
+        ));
         let stop = rest_stop.clone();
         let server = async move {
             axum::serve(listener, crate::http::router(state))

@@ -93,6 +93,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// How long a graceful stop may take before the process exits anyway.
     pub shutdown_timeout: Duration,
+    /// Parked events older than this are reported (metric, log, endpoint).
+    pub parked_max_age: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +115,19 @@ impl FromStr for LogFormat {
 }
 
 impl Settings {
+    /// The consumer group of the loop reading `topic`. Each loop has its own
+    /// group so that a member joining or dying in one loop never stalls the
+    /// others with a rebalance. Checkouts keep the bare `KAFKA_GROUP_ID` (the
+    /// group the foundation shipped with, so its committed offsets carry
+    /// over); the other loops use `<KAFKA_GROUP_ID>.<topic>`.
+    pub fn group_for(&self, topic: &str) -> String {
+        if topic == self.topics.checkouts {
+            self.group_id.clone()
+        } else {
+            format!("{}.{topic}", self.group_id)
+        }
+    }
+
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|k| std::env::var(k).ok())
@@ -179,6 +194,7 @@ impl Settings {
             )?),
             log_format: parse(&lookup, "LOG_FORMAT", LogFormat::Text)?,
             shutdown_timeout: Duration::from_secs(parse(&lookup, "SHUTDOWN_TIMEOUT_SECS", 30)?),
+            parked_max_age: Duration::from_secs(parse(&lookup, "PARKED_MAX_AGE_SECS", 3600)?),
         };
         settings.check()?;
         Ok(settings)

@@ -38,6 +38,10 @@ pub enum Outcome {
     Rejected,
     /// Could not be understood; sent to the dead-letter topic with the reason.
     DeadLettered,
+    /// For an order not known yet; stored until its checkout arrives.
+    Parked,
+    /// Valid but changes nothing (cancelling a cancelled order).
+    Ignored,
 }
 
 impl Outcome {
@@ -47,6 +51,8 @@ impl Outcome {
             Outcome::Duplicate => "duplicate",
             Outcome::Rejected => "rejected",
             Outcome::DeadLettered => "dead_lettered",
+            Outcome::Parked => "parked",
+            Outcome::Ignored => "ignored",
         }
     }
 }
@@ -67,6 +73,14 @@ pub struct Metrics {
     outbox_purged: IntCounter,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
+    transitions: IntCounterVec,
+    refunds: IntCounterVec,
+    refunded_minor: IntCounterVec,
+    payments_rejected: IntCounter,
+    unparked: IntCounter,
+    parked: IntGauge,
+    parked_oldest_age: prometheus::Gauge,
+    parked_stale: IntGauge,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -168,7 +182,76 @@ impl Metrics {
                 .buckets(exponential_buckets(0.0001, 2.0, 16).expect("valid buckets")),
                 &["route"]
             )),
+            transitions: register!(IntCounterVec::new(
+                Opts::new(
+                    "order_transitions_total",
+                    "Order status changes by from and to status"
+                ),
+                &["from", "to"]
+            )),
+            refunds: register!(IntCounterVec::new(
+                Opts::new("refunds_requested_total", "Refunds requested, by currency"),
+                &["currency"]
+            )),
+            refunded_minor: register!(IntCounterVec::new(
+                Opts::new(
+                    "refunds_requested_minor_units_total",
+                    "Amount of refunds requested, in minor units"
+                ),
+                &["currency"]
+            )),
+            payments_rejected: register!(IntCounter::new(
+                "payments_rejected_total",
+                "Confirmed payments that did not fit their order (wrong amount or currency)"
+            )),
+            unparked: register!(IntCounter::new(
+                "parked_events_applied_total",
+                "Parked events applied because their checkout arrived"
+            )),
+            parked: register!(IntGauge::new(
+                "parked_events",
+                "Events waiting for their order's checkout"
+            )),
+            parked_oldest_age: register!(prometheus::Gauge::new(
+                "parked_events_oldest_age_seconds",
+                "Age of the oldest parked event"
+            )),
+            parked_stale: register!(IntGauge::new(
+                "parked_events_stale",
+                "Parked events older than PARKED_MAX_AGE_SECS"
+            )),
             registry,
+        }
+    }
+
+    /// Business counters of one committed message.
+    pub fn tally(&self, tally: &crate::workers::Tally) {
+        for (from, to) in &tally.transitions {
+            self.transitions
+                .with_label_values(&[from.as_str(), to.as_str()])
+                .inc();
+        }
+        for (currency, amount) in &tally.refunds {
+            self.refunds.with_label_values(&[currency]).inc();
+            self.refunded_minor
+                .with_label_values(&[currency])
+                .inc_by(u64::try_from(*amount).unwrap_or(0));
+        }
+        self.payments_rejected
+            .inc_by(u64::from(tally.payments_rejected));
+        self.unparked.inc_by(u64::from(tally.unparked));
+    }
+
+    pub fn parked(&self, stats: &crate::store::parked::ParkedStats) {
+        self.parked.set(stats.count);
+        self.parked_oldest_age.set(stats.oldest_age_seconds);
+        self.parked_stale.set(stats.stale);
+        if stats.stale > 0 {
+            tracing::warn!(
+                stale = stats.stale,
+                oldest_age_seconds = stats.oldest_age_seconds,
+                "parked events are older than PARKED_MAX_AGE_SECS"
+            );
         }
     }
 

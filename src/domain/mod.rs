@@ -5,6 +5,7 @@
 
 pub mod currency;
 pub mod ids;
+pub mod lifecycle;
 pub mod money;
 pub mod pricing;
 pub mod status;

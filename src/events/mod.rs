@@ -7,8 +7,10 @@
 pub mod checkout;
 pub mod codec;
 pub mod order_events;
+pub mod payment;
 pub mod time;
 
 pub use checkout::{Address, CheckoutEvent, CheckoutItem};
 pub use codec::{Codec, DecodeError};
 pub use order_events::{OrderEvent, OrderEventBody};
+pub use payment::{Cancellation, PaymentConfirmation, PaymentStatus, RequestedBy};

@@ -42,6 +42,34 @@ pub enum OrderEventBody {
         cart_id: i64,
         reason: String,
     },
+    OrderPaid {
+        payment_id: String,
+        amount_minor: i64,
+        currency: String,
+    },
+    OrderPaymentFailed {
+        payment_id: String,
+        reason: String,
+    },
+    OrderCancelled {
+        reason: String,
+        requested_by: String,
+    },
+    /// Money to give back; at most one per `payment_id`, ever.
+    RefundRequested {
+        payment_id: String,
+        amount_minor: i64,
+        currency: String,
+        reason: String,
+    },
+    /// A confirmed payment that does not fit the order (always followed by a
+    /// `RefundRequested` for it).
+    PaymentRejected {
+        payment_id: String,
+        amount_minor: i64,
+        currency: String,
+        reason: String,
+    },
 }
 
 impl OrderEvent {
@@ -65,6 +93,11 @@ impl OrderEvent {
         match self.body {
             OrderEventBody::OrderCreated { .. } => "OrderCreated",
             OrderEventBody::OrderRejected { .. } => "OrderRejected",
+            OrderEventBody::OrderPaid { .. } => "OrderPaid",
+            OrderEventBody::OrderPaymentFailed { .. } => "OrderPaymentFailed",
+            OrderEventBody::OrderCancelled { .. } => "OrderCancelled",
+            OrderEventBody::RefundRequested { .. } => "RefundRequested",
+            OrderEventBody::PaymentRejected { .. } => "PaymentRejected",
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The HTTP API: reads the store, never writes it.
 //!
 //! Routes: `GET /orders/{order_id}`, `GET /orders/{order_id}/status`,
-//! `GET /users/{user_id}/orders?limit=&before=`, `GET /healthz`,
+//! `GET /users/{user_id}/orders?limit=&before=`, `GET /parked-events`, `GET /healthz`,
 //! `GET /readyz`, `GET /metrics`. Errors are JSON `{"error": "..."}` with a
 //! 4xx for bad requests and unknown ids, 503 when the database is down.
 
@@ -33,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/orders/{order_id}", get(orders::detail))
         .route("/orders/{order_id}/status", get(orders::status))
         .route("/users/{user_id}/orders", get(orders::user_history))
+        .route("/parked-events", get(orders::parked))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

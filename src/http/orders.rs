@@ -82,6 +82,28 @@ pub async fn user_history(
     )))
 }
 
+/// Parked payments and cancellations, oldest first (`?limit=`, default 100).
+pub async fn parked(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<RawJson, ApiError> {
+    let mut limit = 100;
+    for (key, value) in form_pairs(query.as_deref().unwrap_or_default()) {
+        if key == "limit" {
+            limit = value
+                .parse()
+                .ok()
+                .filter(|l| (1..=1000).contains(l))
+                .ok_or_else(|| {
+                    ApiError::BadRequest("limit must be an integer from 1 to 1000".into())
+                })?;
+        }
+    }
+    Ok(RawJson(
+        crate::store::parked::list(&state.pool, limit).await?,
+    ))
+}
+
 fn form_pairs(query: &str) -> Vec<(String, String)> {
     serde_urlencoded::from_str(query).unwrap_or_default()
 }

@@ -27,10 +27,10 @@ pub fn base_config(settings: &Settings) -> ClientConfig {
 
 /// At-least-once consumer: offsets are auto-committed in the background, but
 /// only offsets the loop explicitly *stored* after its database commit.
-pub fn consumer_config(settings: &Settings) -> ClientConfig {
+pub fn consumer_config(settings: &Settings, group_id: &str) -> ClientConfig {
     let mut config = client(settings);
     config
-        .set("group.id", &settings.group_id)
+        .set("group.id", group_id)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")

@@ -3,8 +3,10 @@
 //! compose them inside one transaction; read queries take the pool.
 
 pub mod inbox;
+pub mod lifecycle;
 pub mod orders;
 pub mod outbox;
+pub mod parked;
 pub mod pricing_tables;
 pub mod queries;
 

@@ -26,7 +26,20 @@ pub async fn order_detail(pool: &PgPool, order_id: &str) -> sqlx::Result<Option<
             'history', COALESCE((
                 SELECT json_agg(json_build_object('from_status', h.from_status, 'to_status', h.to_status,
                     'cause_event_id', h.cause_event_id, 'reason', h.reason, 'at', h.at) ORDER BY h.id)
-                FROM order_status_history h WHERE h.order_id = o.order_id), '[]'::json)
+                FROM order_status_history h WHERE h.order_id = o.order_id), '[]'::json),
+            'paid_payment_id', o.paid_payment_id, 'paid_amount_minor', o.paid_amount_minor,
+            'payments', COALESCE((
+                SELECT json_agg(json_build_object('payment_id', p.payment_id, 'status', p.status,
+                    'amount_minor', p.amount_minor, 'currency', p.currency, 'provider', p.provider,
+                    'failure_reason', p.failure_reason, 'disposition', p.disposition,
+                    'event_id', p.event_id, 'occurred_at', p.occurred_at, 'recorded_at', p.recorded_at)
+                    ORDER BY p.recorded_at)
+                FROM payments p WHERE p.order_id = o.order_id), '[]'::json),
+            'refunds', COALESCE((
+                SELECT json_agg(json_build_object('payment_id', r.payment_id, 'amount_minor', r.amount_minor,
+                    'currency', r.currency, 'reason', r.reason, 'cause_event_id', r.cause_event_id,
+                    'requested_at', r.requested_at) ORDER BY r.requested_at)
+                FROM refunds r WHERE r.order_id = o.order_id), '[]'::json)
          )::text FROM orders o WHERE o.order_id = $1"
     );
     sqlx::query_scalar(&sql)

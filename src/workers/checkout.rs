@@ -5,19 +5,21 @@
 //! lines and first status-history row (a second checkout of the same cart is a
 //! duplicate), and enqueue `OrderCreated` or `OrderRejected`.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sqlx::PgConnection;
 
-use super::{check_envelope, Handled, Handler, Verdict};
+use super::emit::Emitter;
+use super::lifecycle::Lifecycle;
+use super::{check_envelope, Handled, Handler, Tally, Verdict};
 use crate::domain::pricing::{self, PricedOrder, Rejection};
 use crate::domain::OrderStatus;
 use crate::events::{Address, CheckoutEvent, Codec, DecodeError, OrderEvent, OrderEventBody};
+use crate::store::inbox;
 use crate::store::orders::{self, Amounts, Inserted, NewOrder};
 use crate::store::pricing_tables::PricingTables;
-use crate::store::{inbox, outbox};
 
 /// Pricing tables are re-read at most this often (they change rarely, and
 /// re-reading per batch would cost two queries per batch).
@@ -26,51 +28,36 @@ const TABLES_TTL: Duration = Duration::from_secs(30);
 const MAX_FIELD_LEN: usize = 256;
 
 pub struct CheckoutHandler {
-    codec: Codec,
-    order_events_topic: String,
+    emitter: Emitter,
+    /// Applies payments and cancellations that arrived before the checkout.
+    lifecycle: Arc<Lifecycle>,
     default_tax_rate_ppm: u32,
-    tables: Mutex<Option<(Instant, std::sync::Arc<PricingTables>)>>,
+    tables: Mutex<Option<(Instant, Arc<PricingTables>)>>,
 }
 
 impl CheckoutHandler {
-    pub fn new(codec: Codec, order_events_topic: String, default_tax_rate_ppm: u32) -> Self {
+    pub fn new(emitter: Emitter, lifecycle: Arc<Lifecycle>, default_tax_rate_ppm: u32) -> Self {
         CheckoutHandler {
-            codec,
-            order_events_topic,
+            emitter,
+            lifecycle,
             default_tax_rate_ppm,
             tables: Mutex::new(None),
         }
     }
 
-    async fn tables(
-        &self,
-        conn: &mut PgConnection,
-    ) -> anyhow::Result<std::sync::Arc<PricingTables>> {
+    async fn tables(&self, conn: &mut PgConnection) -> anyhow::Result<Arc<PricingTables>> {
         if let Some((loaded, tables)) = &*self.tables.lock().expect("tables lock") {
             if loaded.elapsed() < TABLES_TTL {
                 return Ok(tables.clone());
             }
         }
-        let tables = std::sync::Arc::new(
+        let tables = Arc::new(
             PricingTables::load(conn, self.default_tax_rate_ppm)
                 .await
                 .context("failed to load pricing tables")?,
         );
         *self.tables.lock().expect("tables lock") = Some((Instant::now(), tables.clone()));
         Ok(tables)
-    }
-
-    async fn publish(&self, conn: &mut PgConnection, event: &OrderEvent) -> anyhow::Result<()> {
-        let payload = self.codec.encode(event);
-        let record = outbox::NewRecord {
-            topic: &self.order_events_topic,
-            key: Some(event.order_id.as_bytes()),
-            payload: &payload,
-            headers: vec![("event_type".into(), event.event_type().into())],
-        };
-        outbox::enqueue(conn, &record)
-            .await
-            .context("failed to enqueue order event")
     }
 }
 
@@ -92,10 +79,16 @@ impl Handler for CheckoutHandler {
         Ok(event)
     }
 
+    fn order_id<'e>(&self, event: &'e CheckoutEvent) -> &'e str {
+        &event.order_id
+    }
+
     async fn apply(&self, conn: &mut PgConnection, ev: &CheckoutEvent) -> anyhow::Result<Handled> {
-        let handled = |verdict| Handled {
+        let mut tally = Tally::default();
+        let handled = |verdict, tally| Handled {
             verdict,
             occurred_at: Some(ev.occurred_at),
+            tally,
         };
         if !inbox::claim(
             conn,
@@ -107,7 +100,7 @@ impl Handler for CheckoutHandler {
         .await
         .context("failed to claim event id")?
         {
-            return Ok(handled(Verdict::Duplicate));
+            return Ok(handled(Verdict::Duplicate, tally));
         }
         let tables = self.tables(conn).await?;
         let priced = check_fields(ev).and_then(|()| {
@@ -134,13 +127,13 @@ impl Handler for CheckoutHandler {
                         ev.order_id, ev.cart_id
                     );
                     inbox::set_outcome(conn, self.source(), &ev.event_id, "dead_lettered").await?;
-                    return Ok(handled(Verdict::DeadLetter(reason)));
+                    return Ok(handled(Verdict::DeadLetter(reason), tally));
                 }
                 // The same checkout again under a new event id, or a second
                 // checkout of a cart that already has an order: the first stands.
                 tracing::debug!(order_id = %ev.order_id, cart_id = ev.cart_id, existing_order = %order_id, "checkout duplicates an existing order");
                 inbox::set_outcome(conn, self.source(), &ev.event_id, "duplicate").await?;
-                return Ok(handled(Verdict::Duplicate));
+                return Ok(handled(Verdict::Duplicate, tally));
             }
         }
         let event = match &priced {
@@ -171,12 +164,16 @@ impl Handler for CheckoutHandler {
                 },
             ),
         };
-        self.publish(conn, &event).await?;
+        self.emitter.emit(conn, &event).await?;
+        // Payments and cancellations that overtook this checkout.
+        self.lifecycle
+            .drain_parked(conn, &ev.order_id, &mut tally)
+            .await?;
         if priced.is_err() {
             inbox::set_outcome(conn, self.source(), &ev.event_id, "rejected").await?;
-            return Ok(handled(Verdict::Rejected));
+            return Ok(handled(Verdict::Rejected, tally));
         }
-        Ok(handled(Verdict::Applied))
+        Ok(handled(Verdict::Applied, tally))
     }
 }
 

@@ -33,7 +33,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::{Handler, Verdict};
+use super::{Handler, Tally, Verdict};
 use crate::config::Settings;
 use crate::events::Codec;
 use crate::kafka::dlq;
@@ -161,9 +161,10 @@ pub async fn run<H: Handler>(
         metrics: deps.metrics.clone(),
         revoked: Mutex::new(Vec::new()),
     };
-    let consumer: StreamConsumer<LoopContext> = crate::kafka::consumer_config(&deps.settings)
-        .create_with_context(context)
-        .context("failed to create Kafka consumer")?;
+    let consumer: StreamConsumer<LoopContext> =
+        crate::kafka::consumer_config(&deps.settings, &deps.settings.group_for(&topic))
+            .create_with_context(context)
+            .context("failed to create Kafka consumer")?;
     consumer
         .subscribe(&[topic.as_str()])
         .with_context(|| format!("failed to subscribe to {topic}"))?;
@@ -175,7 +176,7 @@ pub async fn run<H: Handler>(
         dlq_topic: &dlq_topic,
     };
     deps.metrics.set_consumer_up(&topic, true);
-    info!(%topic, group = %deps.settings.group_id, "consumer loop started");
+    info!(%topic, group = %deps.settings.group_for(&topic), "consumer loop started");
 
     let max_messages = deps.settings.batch_max_messages;
     let max_wait = deps.settings.batch_max_wait;
@@ -282,7 +283,7 @@ struct BatchProcessor<'a, H> {
 
 /// Per-message results of one committed batch.
 struct BatchReport {
-    outcomes: Vec<(Outcome, Option<chrono::DateTime<Utc>>)>,
+    outcomes: Vec<(Outcome, Option<chrono::DateTime<Utc>>, Tally)>,
 }
 
 impl<H: Handler> BatchProcessor<'_, H> {
@@ -308,8 +309,9 @@ impl<H: Handler> BatchProcessor<'_, H> {
                         .metrics
                         .batch_committed(self.topic, batch.len(), started.elapsed());
                     let now = Utc::now();
-                    for (outcome, occurred_at) in report.outcomes {
+                    for (outcome, occurred_at, tally) in report.outcomes {
                         self.deps.metrics.message_handled(self.topic, outcome);
+                        self.deps.metrics.tally(&tally);
                         if let Some(at) = occurred_at {
                             self.deps
                                 .metrics
@@ -391,7 +393,7 @@ impl<H: Handler> BatchProcessor<'_, H> {
                         "message cannot be applied; dead-lettering it"
                     );
                     self.dead_letter_alone(msg, &format!("{e:#}")).await?;
-                    outcomes.push((Outcome::DeadLettered, None));
+                    outcomes.push((Outcome::DeadLettered, None, Tally::default()));
                 }
             }
         }
@@ -399,18 +401,32 @@ impl<H: Handler> BatchProcessor<'_, H> {
     }
 
     async fn apply_batch(&self, batch: &[RawMessage]) -> anyhow::Result<BatchReport> {
-        let mut tx = self.begin().await?;
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for msg in batch {
-            let decoded =
+        let decoded: Vec<_> = batch
+            .iter()
+            .map(|msg| {
                 self.handler
-                    .decode(&self.deps.codec, msg.key.as_deref(), msg.payload.as_deref());
+                    .decode(&self.deps.codec, msg.key.as_deref(), msg.payload.as_deref())
+            })
+            .collect();
+        let mut tx = self.begin().await?;
+        // Lock every order of the batch up front, in one canonical order, so
+        // loops of different topics can never deadlock on each other.
+        let order_ids: Vec<&str> = decoded
+            .iter()
+            .filter_map(|d| d.as_ref().ok())
+            .map(|e| self.handler.order_id(e))
+            .collect();
+        crate::store::lifecycle::lock_orders(&mut tx, &order_ids)
+            .await
+            .context("failed to lock orders")?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for (msg, decoded) in batch.iter().zip(decoded) {
             let outcome = match decoded {
                 Err(e) => {
                     debug!(topic = self.topic, partition = msg.partition, offset = msg.offset, error = %e, "undecodable message");
                     self.enqueue_dead_letter(&mut tx, msg, "decode", &e.to_string())
                         .await?;
-                    (Outcome::DeadLettered, None)
+                    (Outcome::DeadLettered, None, Tally::default())
                 }
                 Ok(event) => {
                     let handled = self.handler.apply(&mut tx, &event).await.with_context(|| {
@@ -423,13 +439,15 @@ impl<H: Handler> BatchProcessor<'_, H> {
                         Verdict::Applied => Outcome::Applied,
                         Verdict::Duplicate => Outcome::Duplicate,
                         Verdict::Rejected => Outcome::Rejected,
+                        Verdict::Parked => Outcome::Parked,
+                        Verdict::Ignored => Outcome::Ignored,
                         Verdict::DeadLetter(reason) => {
                             self.enqueue_dead_letter(&mut tx, msg, "invalid", &reason)
                                 .await?;
                             Outcome::DeadLettered
                         }
                     };
-                    (outcome, handled.occurred_at)
+                    (outcome, handled.occurred_at, handled.tally)
                 }
             };
             outcomes.push(outcome);

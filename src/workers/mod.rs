@@ -3,6 +3,9 @@
 
 pub mod checkout;
 pub mod consumer;
+pub mod emit;
+pub mod housekeeping;
+pub mod lifecycle;
 pub mod relay;
 
 use std::future::Future;
@@ -18,6 +21,11 @@ pub enum Verdict {
     Applied,
     Duplicate,
     Rejected,
+    /// The order is not known yet: stored, applied when its checkout is.
+    Parked,
+    /// Valid, but changes nothing in the order's state (cancelling a
+    /// cancelled order, a failed payment for a paid one).
+    Ignored,
     /// Decoded but unusable in a way that cannot be recorded against an order
     /// (e.g. its order id belongs to another cart): dead-letter it.
     DeadLetter(String),
@@ -29,6 +37,19 @@ pub struct Handled {
     pub verdict: Verdict,
     /// The event's own time, for end-to-end latency.
     pub occurred_at: Option<DateTime<Utc>>,
+    /// Business counters, reported only once the transaction commits.
+    pub tally: Tally,
+}
+
+/// What applying an event did to orders and money, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub transitions: Vec<(crate::domain::OrderStatus, crate::domain::OrderStatus)>,
+    /// (currency, amount in minor units) of each refund requested.
+    pub refunds: Vec<(String, i64)>,
+    pub payments_rejected: u32,
+    /// Parked events applied because their checkout arrived.
+    pub unparked: u32,
 }
 
 /// The business logic for one input topic. Implementations read and write
@@ -48,6 +69,9 @@ pub trait Handler: Send + Sync + 'static {
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
     ) -> Result<Self::Event, DecodeError>;
+
+    /// The order an event belongs to; the loop locks it for the batch.
+    fn order_id<'e>(&self, event: &'e Self::Event) -> &'e str;
 
     /// Applies one event inside the caller's transaction. An `Err` aborts the
     /// whole batch; the loop retries it (transient) or isolates the message.

@@ -320,3 +320,64 @@ async fn a_batch_survives_a_database_outage_and_is_applied_when_it_returns() {
     app.stop().await;
     env.drop_database().await;
 }
+
+#[tokio::test]
+async fn a_backlog_of_one_partition_is_applied_in_batches_in_offset_order() {
+    let env = TestEnv::new().await;
+    // Queue 60 checkouts on one key (one partition) before any worker runs.
+    let mut events = Vec::new();
+    for i in 0..60 {
+        let mut ev = checkout("ord-batch", 7_000 + i, 1);
+        if i > 0 {
+            // Later checkouts reuse the order id with other carts: only the
+            // first may win, which it does only if order is kept.
+            ev.event_id = format!("later-{i}");
+        }
+        events.push(ev);
+    }
+    for ev in &events {
+        env.produce_checkout(ev).await;
+    }
+    let app = env.start().await;
+    let topic = env.settings.topics.checkouts.clone();
+    app.wait_handled(&topic, Outcome::DeadLettered, 59).await;
+    assert_eq!(app.handled(&topic, Outcome::Applied), 1);
+    assert_eq!(
+        env.count("SELECT cart_id FROM orders WHERE order_id = 'ord-batch'")
+            .await,
+        7_000
+    );
+    let text = app.metrics().await;
+    let batches: u64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!(
+                "orderflow_batch_size_messages_count{{topic=\"{topic}\"}} "
+            ))
+        })
+        .expect("batch size metric")
+        .parse()
+        .unwrap();
+    assert!(
+        batches < 60,
+        "60 messages took {batches} transactions: not batched"
+    );
+
+    // Published rows are purged after the retention, unpublished ones never.
+    env.wait_count("SELECT count(*) FROM outbox WHERE sent_at IS NULL", 0)
+        .await;
+    let published = env.count("SELECT count(*) FROM outbox").await;
+    assert_eq!(published, 60);
+    sqlx::query("INSERT INTO outbox (topic, payload) VALUES ('nowhere', 'x')")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    app.stop().await;
+    let purged = orderflow::store::outbox::purge(&env.pool, Duration::ZERO, 1_000)
+        .await
+        .unwrap();
+    assert_eq!(purged, 60);
+    assert_eq!(env.count("SELECT count(*) FROM outbox").await, 1);
+
+    env.drop_database().await;
+}

@@ -38,7 +38,10 @@ impl Worker {
             .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("BATCH_MAX_WAIT_MS", "10")
             .env("OUTBOX_POLL_INTERVAL_MS", "50")
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_WORKER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)

@@ -1,0 +1,370 @@
+//! The order state machine: what a payment confirmation or a cancellation
+//! does to an order. Pure; the handlers persist what [`decide`] returns.
+//!
+//! | order state | event | result |
+//! |---|---|---|
+//! | PENDING_PAYMENT or PAYMENT_FAILED | payment CONFIRMED, same currency, amount = total | PAID, `OrderPaid` |
+//! | PENDING_PAYMENT | payment FAILED | PAYMENT_FAILED, `OrderPaymentFailed` |
+//! | PAYMENT_FAILED, PAID, CANCELLED, REJECTED | payment FAILED | no change (recorded, counted as ignored) |
+//! | any | payment CONFIRMED with wrong amount or currency | no change, `PaymentRejected` + `RefundRequested` for that payment |
+//! | PAID | CONFIRMED payment with another `payment_id` | stays PAID, `RefundRequested` for the second payment |
+//! | PENDING_PAYMENT or PAYMENT_FAILED | cancellation | CANCELLED, `OrderCancelled` |
+//! | PAID | cancellation | CANCELLED, `OrderCancelled` + `RefundRequested` for the paid amount |
+//! | CANCELLED | payment CONFIRMED | stays CANCELLED, `RefundRequested` |
+//! | CANCELLED or REJECTED | cancellation | no change (counted as ignored) |
+//! | REJECTED | payment CONFIRMED | stays REJECTED, `RefundRequested` |
+//! | not yet known | payment or cancellation | parked; applied in arrival order when the checkout is processed |
+//!
+//! A wrong amount is checked before the state: money that does not match
+//! the order is never kept, whatever the order's state. Dedupe (same
+//! `event_id`, same `payment_id` with the same status) happens before this.
+
+use super::{Money, OrderStatus};
+
+/// What the state machine needs to know about an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderFacts {
+    pub status: OrderStatus,
+    /// `None` for a REJECTED order, which was never priced.
+    pub total: Option<Money>,
+    pub currency: String,
+    /// The payment that paid the order, once PAID (kept after a cancellation
+    /// so the refund names it).
+    pub paid_by: Option<(String, Money)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentStatus {
+    Confirmed,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payment {
+    pub payment_id: String,
+    pub status: PaymentStatus,
+    pub amount: Money,
+    pub currency: String,
+    pub failure_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cancellation {
+    pub reason: String,
+    pub requested_by: String,
+}
+
+/// One consequence of an event, to be persisted and published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    Paid {
+        payment_id: String,
+        amount: Money,
+    },
+    PaymentFailed {
+        payment_id: String,
+        reason: String,
+    },
+    Cancelled {
+        reason: String,
+        requested_by: String,
+    },
+    RefundRequested {
+        payment_id: String,
+        amount: Money,
+        currency: String,
+        reason: String,
+    },
+    PaymentRejected {
+        payment_id: String,
+        amount: Money,
+        currency: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The status after the event, when it changes.
+    pub new_status: Option<OrderStatus>,
+    pub effects: Vec<Effect>,
+}
+
+impl Decision {
+    fn ignored() -> Self {
+        Decision {
+            new_status: None,
+            effects: Vec::new(),
+        }
+    }
+
+    /// Nothing changed and nothing is announced.
+    pub fn is_ignored(&self) -> bool {
+        self.new_status.is_none() && self.effects.is_empty()
+    }
+}
+
+fn refund(p: &Payment, reason: impl Into<String>) -> Effect {
+    Effect::RefundRequested {
+        payment_id: p.payment_id.clone(),
+        amount: p.amount,
+        currency: p.currency.clone(),
+        reason: reason.into(),
+    }
+}
+
+pub fn decide_payment(order: &OrderFacts, p: &Payment) -> Decision {
+    use OrderStatus::*;
+    if p.status == PaymentStatus::Failed {
+        return match order.status {
+            PendingPayment => Decision {
+                new_status: Some(PaymentFailed),
+                effects: vec![Effect::PaymentFailed {
+                    payment_id: p.payment_id.clone(),
+                    reason: p
+                        .failure_reason
+                        .clone()
+                        .unwrap_or_else(|| "payment failed".into()),
+                }],
+            },
+            _ => Decision::ignored(),
+        };
+    }
+    // A confirmed payment: money has moved, so every branch either keeps it
+    // (pays the order) or asks for it back.
+    let mismatch = match order.total {
+        _ if p.currency != order.currency => Some(format!(
+            "payment currency {} does not match order currency {}",
+            p.currency, order.currency
+        )),
+        Some(total) if p.amount != total => Some(format!(
+            "payment amount {} does not match order total {}",
+            p.amount.minor(),
+            total.minor()
+        )),
+        _ => None,
+    };
+    if let (Some(reason), false) = (&mismatch, order.status == Rejected) {
+        return Decision {
+            new_status: None,
+            effects: vec![
+                Effect::PaymentRejected {
+                    payment_id: p.payment_id.clone(),
+                    amount: p.amount,
+                    currency: p.currency.clone(),
+                    reason: reason.clone(),
+                },
+                refund(p, reason.clone()),
+            ],
+        };
+    }
+    match order.status {
+        PendingPayment | PaymentFailed => Decision {
+            new_status: Some(Paid),
+            effects: vec![Effect::Paid {
+                payment_id: p.payment_id.clone(),
+                amount: p.amount,
+            }],
+        },
+        Paid => Decision {
+            new_status: None,
+            effects: vec![refund(p, "order already paid by another payment")],
+        },
+        Cancelled => Decision {
+            new_status: None,
+            effects: vec![refund(p, "order is cancelled")],
+        },
+        Rejected => Decision {
+            new_status: None,
+            effects: vec![refund(p, "order was rejected")],
+        },
+        // Never entered by these rules; a payment there is refunded too.
+        RefundRequested => Decision {
+            new_status: None,
+            effects: vec![refund(p, "order is being refunded")],
+        },
+    }
+}
+
+pub fn decide_cancellation(order: &OrderFacts, c: &Cancellation) -> Decision {
+    use OrderStatus::*;
+    let cancelled = Effect::Cancelled {
+        reason: c.reason.clone(),
+        requested_by: c.requested_by.clone(),
+    };
+    match order.status {
+        PendingPayment | PaymentFailed => Decision {
+            new_status: Some(Cancelled),
+            effects: vec![cancelled],
+        },
+        Paid => {
+            let mut effects = vec![cancelled];
+            if let Some((payment_id, amount)) = &order.paid_by {
+                effects.push(Effect::RefundRequested {
+                    payment_id: payment_id.clone(),
+                    amount: *amount,
+                    currency: order.currency.clone(),
+                    reason: format!("order cancelled: {}", c.reason),
+                });
+            }
+            Decision {
+                new_status: Some(Cancelled),
+                effects,
+            }
+        }
+        Cancelled | Rejected | RefundRequested => Decision::ignored(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use OrderStatus::*;
+
+    fn order(status: OrderStatus) -> OrderFacts {
+        OrderFacts {
+            status,
+            total: if status == Rejected {
+                None
+            } else {
+                Some(Money::from_minor(1000))
+            },
+            currency: "USD".into(),
+            paid_by: (status == Paid).then(|| ("pay-1".to_owned(), Money::from_minor(1000))),
+        }
+    }
+
+    fn pay(id: &str, status: PaymentStatus, amount: i64, currency: &str) -> Payment {
+        Payment {
+            payment_id: id.into(),
+            status,
+            amount: Money::from_minor(amount),
+            currency: currency.into(),
+            failure_reason: None,
+        }
+    }
+
+    fn confirmed(amount: i64) -> Payment {
+        pay("pay-2", PaymentStatus::Confirmed, amount, "USD")
+    }
+
+    fn kinds(d: &Decision) -> Vec<&'static str> {
+        d.effects
+            .iter()
+            .map(|e| match e {
+                Effect::Paid { .. } => "Paid",
+                Effect::PaymentFailed { .. } => "PaymentFailed",
+                Effect::Cancelled { .. } => "Cancelled",
+                Effect::RefundRequested { .. } => "RefundRequested",
+                Effect::PaymentRejected { .. } => "PaymentRejected",
+            })
+            .collect()
+    }
+
+    fn cancel() -> Cancellation {
+        Cancellation {
+            reason: "changed mind".into(),
+            requested_by: "CUSTOMER".into(),
+        }
+    }
+
+    #[test]
+    fn a_matching_confirmed_payment_pays_a_pending_or_failed_order() {
+        for status in [PendingPayment, PaymentFailed] {
+            let d = decide_payment(&order(status), &confirmed(1000));
+            assert_eq!(d.new_status, Some(Paid));
+            assert_eq!(kinds(&d), ["Paid"]);
+        }
+    }
+
+    #[test]
+    fn a_failed_payment_fails_only_a_pending_order() {
+        let failed = pay("pay-2", PaymentStatus::Failed, 1000, "USD");
+        let d = decide_payment(&order(PendingPayment), &failed);
+        assert_eq!(
+            (d.new_status, kinds(&d)),
+            (Some(PaymentFailed), vec!["PaymentFailed"])
+        );
+        for status in [PaymentFailed, Paid, Cancelled, Rejected] {
+            assert!(
+                decide_payment(&order(status), &failed).is_ignored(),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_wrong_amount_or_currency_is_rejected_and_refunded_in_any_state() {
+        for status in [PendingPayment, PaymentFailed, Paid, Cancelled] {
+            for p in [
+                confirmed(999),
+                pay("pay-2", PaymentStatus::Confirmed, 1000, "EUR"),
+            ] {
+                let d = decide_payment(&order(status), &p);
+                assert_eq!(d.new_status, None, "{status}");
+                assert_eq!(
+                    kinds(&d),
+                    ["PaymentRejected", "RefundRequested"],
+                    "{status}"
+                );
+            }
+        }
+        // A rejected order has no total: any confirmed payment is refunded.
+        let d = decide_payment(&order(Rejected), &confirmed(5));
+        assert_eq!((d.new_status, kinds(&d)), (None, vec!["RefundRequested"]));
+    }
+
+    #[test]
+    fn a_second_payment_on_a_paid_order_is_refunded() {
+        let d = decide_payment(&order(Paid), &confirmed(1000));
+        assert_eq!((d.new_status, kinds(&d)), (None, vec!["RefundRequested"]));
+        assert!(
+            matches!(&d.effects[0], Effect::RefundRequested { payment_id, .. } if payment_id == "pay-2")
+        );
+    }
+
+    #[test]
+    fn payments_on_cancelled_or_rejected_orders_are_refunded() {
+        for status in [Cancelled, Rejected] {
+            let d = decide_payment(&order(status), &confirmed(1000));
+            assert_eq!(
+                (d.new_status, kinds(&d)),
+                (None, vec!["RefundRequested"]),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn cancelling_an_unpaid_order_cancels_it() {
+        for status in [PendingPayment, PaymentFailed] {
+            let d = decide_cancellation(&order(status), &cancel());
+            assert_eq!(
+                (d.new_status, kinds(&d)),
+                (Some(Cancelled), vec!["Cancelled"])
+            );
+        }
+    }
+
+    #[test]
+    fn cancelling_a_paid_order_refunds_the_paid_amount() {
+        let d = decide_cancellation(&order(Paid), &cancel());
+        assert_eq!(d.new_status, Some(Cancelled));
+        assert_eq!(kinds(&d), ["Cancelled", "RefundRequested"]);
+        match &d.effects[1] {
+            Effect::RefundRequested {
+                payment_id, amount, ..
+            } => {
+                assert_eq!((payment_id.as_str(), amount.minor()), ("pay-1", 1000));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn cancelling_a_cancelled_or_rejected_order_changes_nothing() {
+        for status in [Cancelled, Rejected] {
+            assert!(decide_cancellation(&order(status), &cancel()).is_ignored());
+        }
+    }
+}
