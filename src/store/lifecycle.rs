@@ -29,24 +29,40 @@ pub async fn lock_orders(conn: &mut PgConnection, order_ids: &[&str]) -> sqlx::R
     Ok(())
 }
 
+#[derive(sqlx::FromRow)]
+struct FactsRow {
+    status: String,
+    total_minor: Option<i64>,
+    currency: String,
+    paid_payment_id: Option<String>,
+    paid_amount_minor: Option<i64>,
+}
+
 pub async fn order_facts(
     conn: &mut PgConnection,
     order_id: &str,
 ) -> sqlx::Result<Option<OrderFacts>> {
-    let row: Option<(String, Option<i64>, String, Option<String>, Option<i64>)> = sqlx::query_as(
+    let row: Option<FactsRow> = sqlx::query_as(
         "SELECT status, total_minor, currency, paid_payment_id, paid_amount_minor FROM orders WHERE order_id = $1",
     )
     .bind(order_id)
     .fetch_optional(conn)
     .await?;
-    Ok(row.map(
-        |(status, total, currency, paid_id, paid_amount)| OrderFacts {
-            status: status.parse().unwrap_or(OrderStatus::Rejected),
-            total: total.map(Money::from_minor),
-            currency,
-            paid_by: paid_id.zip(paid_amount.map(Money::from_minor)),
-        },
-    ))
+    row.map(|r| {
+        let status = r
+            .status
+            .parse()
+            .map_err(|e: crate::domain::status::UnknownStatus| sqlx::Error::Decode(e.into()))?;
+        Ok(OrderFacts {
+            status,
+            total: r.total_minor.map(Money::from_minor),
+            currency: r.currency,
+            paid_by: r
+                .paid_payment_id
+                .zip(r.paid_amount_minor.map(Money::from_minor)),
+        })
+    })
+    .transpose()
 }
 
 pub struct NewPayment<'a> {
