@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use orderflow::app::{self, Component, Running};
 use orderflow::config::{Settings, Topics};
-use orderflow::events::{Address, CheckoutEvent, CheckoutItem};
+use orderflow::events::{Address, Cancellation, CheckoutEvent, CheckoutItem, PaymentConfirmation, PaymentStatus, RequestedBy};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::FutureProducer;
@@ -291,3 +291,92 @@ pub fn checkout(order_id: &str, cart_id: i64, user_id: i64) -> CheckoutEvent {
         occurred_at: chrono::Utc::now(),
     }
 }
+
+impl TestEnv {
+    pub async fn produce_payment(&self, p: &PaymentConfirmation) {
+        let payload = serde_json::to_vec(p).unwrap();
+        self.produce(&self.settings.topics.payment_confirmations, Some(&p.order_id), &payload)
+            .await;
+    }
+
+    pub async fn produce_cancellation(&self, c: &Cancellation) {
+        let payload = serde_json::to_vec(c).unwrap();
+        self.produce(&self.settings.topics.cancellations, Some(&c.order_id), &payload)
+            .await;
+    }
+
+    pub async fn status_of(&self, order_id: &str) -> String {
+        sqlx::query_scalar("SELECT status FROM orders WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Waits until the order has `status`.
+    pub async fn wait_status(&self, order_id: &str, status: &str) {
+        self.wait_count(
+            &format!("SELECT count(*) FROM orders WHERE order_id = '{order_id}' AND status = '{status}'"),
+            1,
+        )
+        .await;
+    }
+
+    /// The published order events of `order_id`, as (event_type, json), in
+    /// outbox (commit) order.
+    pub async fn events_of(&self, order_id: &str) -> Vec<(String, serde_json::Value)> {
+        let rows: Vec<(Vec<u8>,)> =
+            sqlx::query_as("SELECT payload FROM outbox WHERE key = $1 AND topic = $2 ORDER BY id")
+                .bind(order_id.as_bytes())
+                .bind(&self.settings.topics.order_events)
+                .fetch_all(&self.pool)
+                .await
+                .unwrap();
+        rows.into_iter()
+            .map(|(p,)| {
+                let v: serde_json::Value = serde_json::from_slice(&p).unwrap();
+                (v["event_type"].as_str().unwrap().to_owned(), v)
+            })
+            .collect()
+    }
+
+    pub async fn event_types_of(&self, order_id: &str) -> Vec<String> {
+        self.events_of(order_id).await.into_iter().map(|(t, _)| t).collect()
+    }
+}
+
+/// A confirmed payment of `amount` USD.
+pub fn payment(order_id: &str, payment_id: &str, amount: i64) -> PaymentConfirmation {
+    PaymentConfirmation {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        order_id: order_id.into(),
+        payment_id: payment_id.into(),
+        status: PaymentStatus::Confirmed,
+        amount_minor: amount,
+        currency: "USD".into(),
+        provider: "stripe".into(),
+        failure_reason: None,
+        occurred_at: chrono::Utc::now(),
+    }
+}
+
+pub fn failed_payment(order_id: &str, payment_id: &str, amount: i64) -> PaymentConfirmation {
+    PaymentConfirmation {
+        status: PaymentStatus::Failed,
+        failure_reason: Some("card declined".into()),
+        ..payment(order_id, payment_id, amount)
+    }
+}
+
+pub fn cancellation(order_id: &str) -> Cancellation {
+    Cancellation {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        order_id: order_id.into(),
+        reason: "changed my mind".into(),
+        requested_by: RequestedBy::Customer,
+        occurred_at: chrono::Utc::now(),
+    }
+}
+
+/// The total of [`checkout`]: 2,550 + 185 tax + 499 shipping.
+pub const CHECKOUT_TOTAL: i64 = 3_234;

@@ -5,4 +5,5 @@
 mod checkouts;
 mod helpers;
 mod http_api;
+mod lifecycle;
 mod restart;
