@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 
 use orderflow::app::{self, Component, Running};
 use orderflow::config::{Settings, Topics};
-use orderflow::events::{Address, Cancellation, CheckoutEvent, CheckoutItem, PaymentConfirmation, PaymentStatus, RequestedBy};
+use orderflow::events::{
+    Address, Cancellation, CheckoutEvent, CheckoutItem, PaymentConfirmation, PaymentStatus,
+    RequestedBy,
+};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::FutureProducer;
@@ -58,6 +61,18 @@ impl TestEnv {
             .await
             .expect("create test topics");
         let pool = orderflow::store::pool(&settings.database_url, 4).unwrap();
+        let producer = orderflow::produce::producer(&settings).unwrap();
+        TestEnv {
+            settings,
+            pool,
+            producer,
+        }
+    }
+
+    /// A second handle on an existing environment (its own producer and
+    /// pool), e.g. to produce from another task. Does not create anything.
+    pub async fn with_settings(settings: Settings) -> TestEnv {
+        let pool = orderflow::store::pool(&settings.database_url, 2).unwrap();
         let producer = orderflow::produce::producer(&settings).unwrap();
         TestEnv {
             settings,
@@ -295,14 +310,22 @@ pub fn checkout(order_id: &str, cart_id: i64, user_id: i64) -> CheckoutEvent {
 impl TestEnv {
     pub async fn produce_payment(&self, p: &PaymentConfirmation) {
         let payload = serde_json::to_vec(p).unwrap();
-        self.produce(&self.settings.topics.payment_confirmations, Some(&p.order_id), &payload)
-            .await;
+        self.produce(
+            &self.settings.topics.payment_confirmations,
+            Some(&p.order_id),
+            &payload,
+        )
+        .await;
     }
 
     pub async fn produce_cancellation(&self, c: &Cancellation) {
         let payload = serde_json::to_vec(c).unwrap();
-        self.produce(&self.settings.topics.cancellations, Some(&c.order_id), &payload)
-            .await;
+        self.produce(
+            &self.settings.topics.cancellations,
+            Some(&c.order_id),
+            &payload,
+        )
+        .await;
     }
 
     pub async fn status_of(&self, order_id: &str) -> String {
@@ -316,7 +339,9 @@ impl TestEnv {
     /// Waits until the order has `status`.
     pub async fn wait_status(&self, order_id: &str, status: &str) {
         self.wait_count(
-            &format!("SELECT count(*) FROM orders WHERE order_id = '{order_id}' AND status = '{status}'"),
+            &format!(
+                "SELECT count(*) FROM orders WHERE order_id = '{order_id}' AND status = '{status}'"
+            ),
             1,
         )
         .await;
@@ -341,7 +366,11 @@ impl TestEnv {
     }
 
     pub async fn event_types_of(&self, order_id: &str) -> Vec<String> {
-        self.events_of(order_id).await.into_iter().map(|(t, _)| t).collect()
+        self.events_of(order_id)
+            .await
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect()
     }
 }
 

@@ -3,7 +3,9 @@
 //! database, topics and consumer group, so they run in parallel.
 
 mod checkouts;
+mod crash;
 mod helpers;
 mod http_api;
 mod lifecycle;
+mod races;
 mod restart;

@@ -12,13 +12,13 @@ use tokio::process::{Child, Command};
 use crate::helpers::{checkout, TestEnv, WAIT};
 
 /// The real `orderflow run` binary in a child process.
-struct Worker {
-    child: Child,
+pub struct Worker {
+    pub child: Child,
     base: String,
 }
 
 impl Worker {
-    async fn spawn(settings: &Settings, kafka_config: &str) -> Worker {
+    pub async fn spawn(settings: &Settings, kafka_config: &str) -> Worker {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
@@ -64,7 +64,7 @@ impl Worker {
         worker
     }
 
-    async fn handled(&self, topic: &str, outcome: Outcome) -> u64 {
+    pub async fn handled(&self, topic: &str, outcome: Outcome) -> u64 {
         let text = reqwest::get(format!("{}/metrics", self.base))
             .await
             .unwrap()
@@ -81,7 +81,7 @@ impl Worker {
             .unwrap_or(0)
     }
 
-    async fn wait_handled(&self, topic: &str, outcome: Outcome, n: u64) {
+    pub async fn wait_handled(&self, topic: &str, outcome: Outcome, n: u64) {
         let started = Instant::now();
         while self.handled(topic, outcome).await < n {
             assert!(
@@ -92,7 +92,7 @@ impl Worker {
         }
     }
 
-    fn kill(&mut self) {
+    pub fn kill(&mut self) {
         let pid = self.child.id().expect("running") as i32;
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
@@ -101,7 +101,7 @@ impl Worker {
         .unwrap();
     }
 
-    async fn terminate(mut self) -> std::process::ExitStatus {
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().expect("running") as i32;
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
@@ -116,7 +116,7 @@ impl Worker {
 }
 
 /// Short session timeouts so the killed member's partitions move quickly.
-const GROUP: &str = "session.timeout.ms=6000,heartbeat.interval.ms=1000";
+pub const GROUP: &str = "session.timeout.ms=6000,heartbeat.interval.ms=1000";
 
 #[tokio::test]
 async fn a_killed_worker_redelivers_on_restart_without_double_effects() {
