@@ -81,6 +81,7 @@ pub struct Metrics {
     parked: IntGauge,
     parked_oldest_age: prometheus::Gauge,
     parked_stale: IntGauge,
+    orders_by_status: IntGaugeVec,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -220,7 +221,26 @@ impl Metrics {
                 "parked_events_stale",
                 "Parked events older than PARKED_MAX_AGE_SECS"
             )),
+            orders_by_status: register!(IntGaugeVec::new(
+                Opts::new(
+                    "orders",
+                    "Orders in the store by status (refreshed every few seconds)"
+                ),
+                &["status"]
+            )),
             registry,
+        }
+    }
+
+    pub fn set_orders_by_status(&self, counts: &[(String, i64)]) {
+        for status in crate::domain::OrderStatus::ALL {
+            let n = counts
+                .iter()
+                .find(|(s, _)| s == status.as_str())
+                .map_or(0, |(_, n)| *n);
+            self.orders_by_status
+                .with_label_values(&[status.as_str()])
+                .set(n);
         }
     }
 
