@@ -81,7 +81,10 @@ impl Running {
 pub async fn start(settings: Settings, components: &[Component]) -> anyhow::Result<Running> {
     let pool = crate::store::pool(&settings.database_url, settings.database_max_connections)?;
     let metrics = Arc::new(Metrics::new());
-    let codec = Codec::new(settings.max_message_bytes);
+    let codec = match &settings.schema_registry_url {
+        Some(url) => Codec::with_registry(settings.max_message_bytes, url)?,
+        None => Codec::new(settings.max_message_bytes),
+    };
     let wakeup = Arc::new(Notify::new());
     let consumers_stop = CancellationToken::new();
     let rest_stop = CancellationToken::new();
@@ -144,6 +147,7 @@ pub async fn start(settings: Settings, components: &[Component]) -> anyhow::Resu
     if components.contains(&Component::Relay) {
         let relay = Relay {
             settings: settings.clone(),
+            codec: codec.clone(),
             pool: pool.clone(),
             metrics: metrics.clone(),
             wakeup: wakeup.clone(),

@@ -95,6 +95,8 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// Parked events older than this are reported (metric, log, endpoint).
     pub parked_max_age: Duration,
+    /// Confluent-compatible schema registry; enables Avro in and out.
+    pub schema_registry_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,6 +197,7 @@ impl Settings {
             log_format: parse(&lookup, "LOG_FORMAT", LogFormat::Text)?,
             shutdown_timeout: Duration::from_secs(parse(&lookup, "SHUTDOWN_TIMEOUT_SECS", 30)?),
             parked_max_age: Duration::from_secs(parse(&lookup, "PARKED_MAX_AGE_SECS", 3600)?),
+            schema_registry_url: lookup("SCHEMA_REGISTRY_URL").filter(|u| !u.trim().is_empty()),
         };
         settings.check()?;
         Ok(settings)
@@ -245,6 +248,15 @@ impl Settings {
                 redact_url(&self.database_url),
                 "must start with postgres:// or postgresql://",
             ));
+        }
+        if let Some(url) = &self.schema_registry_url {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                return Err(bad(
+                    "SCHEMA_REGISTRY_URL",
+                    redact_url(url),
+                    "must start with http:// or https://",
+                ));
+            }
         }
         if self.kafka_brokers.trim().is_empty() {
             return Err(bad(

@@ -21,6 +21,7 @@ pub mod events;
 pub mod http;
 pub mod kafka;
 pub mod produce;
+pub mod schemas;
 pub mod store;
 pub mod telemetry;
 pub mod workers;

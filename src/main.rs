@@ -40,6 +40,11 @@ enum Command {
         #[command(subcommand)]
         command: TopicsCommand,
     },
+    /// Register or check the Avro schemas in schemas/ (needs SCHEMA_REGISTRY_URL).
+    Schemas {
+        #[command(subcommand)]
+        command: SchemasCommand,
+    },
     /// Send sample checkouts, or the JSON lines of a file, to a topic.
     Produce {
         /// Number of sample checkouts.
@@ -61,6 +66,14 @@ enum Command {
         #[arg(long)]
         topic: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum SchemasCommand {
+    /// Register every schema under its topic's `-value` subject.
+    Register,
+    /// Exit non-zero when a schema is not BACKWARD compatible with the latest registered version.
+    Check,
 }
 
 #[derive(Subcommand)]
@@ -111,6 +124,44 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<()> {
                         "exists"
                     }
                 );
+            }
+        }
+        Command::Schemas {
+            command: SchemasCommand::Register,
+        } => {
+            for (subject, id) in orderflow::schemas::register(&settings).await? {
+                println!("{subject}: schema id {id}");
+            }
+        }
+        Command::Schemas {
+            command: SchemasCommand::Check,
+        } => {
+            let mut broken = 0;
+            for (subject, verdict) in orderflow::schemas::check(&settings).await? {
+                match verdict {
+                    orderflow::schemas::Check::New => {
+                        println!("{subject}: new subject, nothing to compare")
+                    }
+                    orderflow::schemas::Check::Compatible { latest_version } => {
+                        println!(
+                            "{subject}: BACKWARD compatible with version {}",
+                            latest_version.unwrap_or_default()
+                        )
+                    }
+                    orderflow::schemas::Check::Incompatible {
+                        latest_version,
+                        reason,
+                    } => {
+                        broken += 1;
+                        println!(
+                            "{subject}: NOT backward compatible with version {}: {reason}",
+                            latest_version.unwrap_or_default()
+                        );
+                    }
+                }
+            }
+            if broken > 0 {
+                anyhow::bail!("{broken} schema(s) would break consumers");
             }
         }
         Command::Produce {

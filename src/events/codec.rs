@@ -1,42 +1,128 @@
 //! The one seam between bytes on a topic and typed events.
 //!
-//! Today inputs are JSON. The format is chosen per message from its first
-//! byte so that Confluent Avro (magic byte 0) can be added here without
-//! touching the handlers or the consumer loop.
+//! The format is detected per message from its first byte: `{` is JSON,
+//! `0` is Confluent Avro (magic byte, 4-byte big-endian schema id, Avro
+//! binary), so one topic may carry both during a migration. Avro is decoded
+//! with the *writer* schema fetched from the registry by id (cached) and then
+//! resolved to orderflow's *reader* schema, so producers on older or newer
+//! compatible schemas are read correctly. Handlers see either the JSON bytes
+//! or the equivalent JSON document, and deserialise their own types.
 
+use std::sync::Arc;
+
+use apache_avro::Schema;
+use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
+use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use schema_registry_converter::schema_registry_common::SubjectNameStrategy;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// Why a payload could not become an event. Always permanent: the same bytes
-/// will fail the same way, so the message is dead-lettered with this text.
+use super::avro;
+use super::OrderEvent;
+
+/// Why a payload could not become an event. All but
+/// [`DecodeError::RegistryUnavailable`] are permanent: the same bytes fail the
+/// same way, so the message is dead-lettered with this text.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("empty payload")]
     Empty,
     #[error("payload of {size} bytes exceeds the {limit}-byte limit")]
     TooLarge { size: usize, limit: usize },
-    #[error("Confluent Avro (magic byte 0) is not accepted yet; send JSON")]
+    #[error("Confluent Avro (magic byte 0) received but SCHEMA_REGISTRY_URL is not set")]
     AvroNotEnabled,
     #[error("payload is neither JSON nor Confluent Avro (first byte 0x{0:02x})")]
     UnknownFormat(u8),
     #[error("invalid JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("undecodable Avro: {0}")]
+    Avro(String),
+    #[error("Avro does not resolve to the reader schema: {0}")]
+    Unresolvable(String),
+    /// Transient: the registry could not be asked. Retry, never dead-letter.
+    #[error("schema registry unavailable: {0}")]
+    RegistryUnavailable(String),
     #[error("invalid event: {0}")]
     Invalid(String),
 }
 
+impl DecodeError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DecodeError::RegistryUnavailable(_))
+    }
+}
+
+/// Registry client settings: no proxy (the registry is on the service
+/// network), a 5 s timeout so an outage is noticed and retried quickly.
+pub fn registry_settings(url: &str) -> anyhow::Result<SrSettings> {
+    SrSettings::new_builder(url.trim_end_matches('/').to_owned())
+        .no_proxy()
+        .set_timeout(std::time::Duration::from_secs(5))
+        .build()
+        .map_err(|e| anyhow::anyhow!("failed to set up the schema registry client for {url}: {e}"))
+}
+
+/// A payload in a format the handlers can deserialise.
+#[derive(Debug)]
+pub enum Normalized<'a> {
+    Json(&'a [u8]),
+    /// An Avro value resolved to the reader schema, as JSON.
+    Document(serde_json::Value),
+}
+
+/// The registry clients; present when `SCHEMA_REGISTRY_URL` is set.
+struct Registry {
+    decoder: AvroDecoder,
+    encoder: AvroEncoder,
+}
+
 /// Encodes and decodes events. Cheap to clone; shared by all loops.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Codec {
     max_payload_bytes: usize,
+    registry: Option<Arc<Registry>>,
+}
+
+impl std::fmt::Debug for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Codec")
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("avro", &self.registry.is_some())
+            .finish()
+    }
 }
 
 impl Codec {
+    /// JSON only.
     pub fn new(max_payload_bytes: usize) -> Self {
-        Codec { max_payload_bytes }
+        Codec {
+            max_payload_bytes,
+            registry: None,
+        }
     }
 
-    pub fn decode<T: DeserializeOwned>(&self, payload: Option<&[u8]>) -> Result<T, DecodeError> {
+    /// JSON and Confluent Avro through the registry at `registry_url`.
+    pub fn with_registry(max_payload_bytes: usize, registry_url: &str) -> anyhow::Result<Self> {
+        let settings = registry_settings(registry_url)?;
+        Ok(Codec {
+            max_payload_bytes,
+            registry: Some(Arc::new(Registry {
+                decoder: AvroDecoder::new(settings.clone()),
+                encoder: AvroEncoder::new(settings),
+            })),
+        })
+    }
+
+    pub fn avro_enabled(&self) -> bool {
+        self.registry.is_some()
+    }
+
+    /// Detects the format and, for Avro, decodes and resolves to `reader`.
+    pub async fn normalize<'a>(
+        &self,
+        reader: &Schema,
+        payload: Option<&'a [u8]>,
+    ) -> Result<Normalized<'a>, DecodeError> {
         let bytes = payload.unwrap_or_default();
         if bytes.len() > self.max_payload_bytes {
             return Err(DecodeError::TooLarge {
@@ -50,9 +136,35 @@ impl Codec {
             .find(|b| !b.is_ascii_whitespace())
             .ok_or(DecodeError::Empty)?;
         match first {
-            b'{' => Ok(serde_json::from_slice(bytes)?),
-            0 => Err(DecodeError::AvroNotEnabled),
+            b'{' => Ok(Normalized::Json(bytes)),
+            0 => {
+                let registry = self.registry.as_ref().ok_or(DecodeError::AvroNotEnabled)?;
+                let decoded = registry.decoder.decode(Some(bytes)).await.map_err(|e| {
+                    let text = match &e.cause {
+                        Some(cause) => format!("{}: {cause}", e.error),
+                        None => e.error.clone(),
+                    };
+                    if e.retriable {
+                        DecodeError::RegistryUnavailable(text)
+                    } else {
+                        DecodeError::Avro(text)
+                    }
+                })?;
+                let resolved = decoded
+                    .value
+                    .resolve(reader)
+                    .map_err(|e| DecodeError::Unresolvable(e.to_string()))?;
+                Ok(Normalized::Document(avro::to_json(resolved)))
+            }
             other => Err(DecodeError::UnknownFormat(other)),
+        }
+    }
+
+    /// Deserialises a normalized payload into `T`.
+    pub fn decode<T: DeserializeOwned>(&self, payload: &Normalized<'_>) -> Result<T, DecodeError> {
+        match payload {
+            Normalized::Json(bytes) => Ok(serde_json::from_slice(bytes)?),
+            Normalized::Document(doc) => Ok(T::deserialize(doc)?),
         }
     }
 
@@ -61,6 +173,28 @@ impl Codec {
         // they contain no maps with non-string keys and no fallible impls.
         serde_json::to_vec(event).expect("order events always serialise to JSON")
     }
+
+    /// The wire form of an order event stored (as JSON) in the outbox: Avro
+    /// under subject `<topic>-value` when a registry is configured, else the
+    /// JSON unchanged. The subject's schema must be registered
+    /// (`orderflow schemas register`); nothing is auto-registered.
+    pub async fn order_event_wire(&self, topic: &str, json: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let Some(registry) = &self.registry else {
+            return Ok(json.to_vec());
+        };
+        let event: OrderEvent = serde_json::from_slice(json)?;
+        let strategy = SubjectNameStrategy::TopicNameStrategy(topic.to_owned(), false);
+        registry
+            .encoder
+            .encode_value(avro::order_event_value(&event), &strategy)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "failed to encode {} as Avro for {topic}-value: {e}",
+                    event.event_type()
+                )
+            })
+    }
 }
 
 #[cfg(test)]
@@ -68,38 +202,35 @@ mod tests {
     use super::*;
     use crate::events::CheckoutEvent;
 
-    fn codec() -> Codec {
-        Codec::new(1024)
+    fn decode(c: &Codec, bytes: Option<&[u8]>) -> Result<CheckoutEvent, DecodeError> {
+        let n = futures::executor::block_on(c.normalize(&crate::events::avro::CHECKOUT, bytes))?;
+        c.decode(&n)
     }
 
     #[test]
     fn garbage_empty_and_oversized_payloads_are_decode_errors() {
-        let c = codec();
+        let c = Codec::new(1024);
+        assert!(matches!(decode(&c, None), Err(DecodeError::Empty)));
+        assert!(matches!(decode(&c, Some(b"  ")), Err(DecodeError::Empty)));
         assert!(matches!(
-            c.decode::<CheckoutEvent>(None),
-            Err(DecodeError::Empty)
-        ));
-        assert!(matches!(
-            c.decode::<CheckoutEvent>(Some(b"  ")),
-            Err(DecodeError::Empty)
-        ));
-        assert!(matches!(
-            c.decode::<CheckoutEvent>(Some(b"\x00\x00\x00\x00\x01")),
+            decode(&c, Some(b"\x00\x00\x00\x00\x01")),
             Err(DecodeError::AvroNotEnabled)
         ));
         assert!(matches!(
-            c.decode::<CheckoutEvent>(Some(b"hello")),
+            decode(&c, Some(b"hello")),
             Err(DecodeError::UnknownFormat(b'h'))
         ));
         assert!(matches!(
-            c.decode::<CheckoutEvent>(Some(b"{\"event_id\":1}")),
+            decode(&c, Some(b"{\"event_id\":1}")),
             Err(DecodeError::Json(_))
         ));
         let big = vec![b' '; 2048];
         assert!(matches!(
-            c.decode::<CheckoutEvent>(Some(&big)),
+            decode(&c, Some(&big)),
             Err(DecodeError::TooLarge { size: 2048, .. })
         ));
+        assert!(!DecodeError::Empty.is_transient());
+        assert!(DecodeError::RegistryUnavailable("down".into()).is_transient());
     }
 
     #[test]
@@ -113,12 +244,9 @@ mod tests {
                 "payment_method":"card","occurred_at":{at},"added_later":true}}"#
             )
         };
-        let a: CheckoutEvent = codec()
-            .decode(Some(json("1764000000000").as_bytes()))
-            .unwrap();
-        let b: CheckoutEvent = codec()
-            .decode(Some(json("\"2025-11-24T16:00:00Z\"").as_bytes()))
-            .unwrap();
+        let c = Codec::new(4096);
+        let a = decode(&c, Some(json("1764000000000").as_bytes())).unwrap();
+        let b = decode(&c, Some(json("\"2025-11-24T16:00:00Z\"").as_bytes())).unwrap();
         assert_eq!(a.occurred_at, b.occurred_at);
         assert_eq!(a.billing_address.state, "");
     }

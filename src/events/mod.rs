@@ -4,6 +4,7 @@
 //! Field names are a public contract shared with the Avro schemas in
 //! `schemas/`; extend them, never rename them.
 
+pub mod avro;
 pub mod checkout;
 pub mod codec;
 pub mod order_events;
@@ -11,6 +12,6 @@ pub mod payment;
 pub mod time;
 
 pub use checkout::{Address, CheckoutEvent, CheckoutItem};
-pub use codec::{Codec, DecodeError};
+pub use codec::{Codec, DecodeError, Normalized};
 pub use order_events::{OrderEvent, OrderEventBody};
 pub use payment::{Cancellation, PaymentConfirmation, PaymentStatus, RequestedBy};

@@ -40,6 +40,7 @@ pub fn from_failed_message<'a>(
         headers.push(("payload_truncated".to_owned(), payload.len().to_string()));
     }
     NewRecord {
+        kind: crate::store::outbox::RecordKind::Raw,
         topic: dlq_topic,
         key: source.key,
         payload: &payload[..payload.len().min(MAX_DLQ_PAYLOAD)],

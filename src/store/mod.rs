@@ -125,9 +125,12 @@ pub fn is_transient(err: &sqlx::Error) -> bool {
     }
 }
 
-/// True when any error in the chain is a transient database error.
+/// True when any error in the chain is a transient database error or a
+/// schema registry that could not be reached.
 pub fn chain_is_transient(err: &anyhow::Error) -> bool {
-    err.chain()
-        .filter_map(|e| e.downcast_ref::<sqlx::Error>())
-        .any(is_transient)
+    err.chain().any(|e| {
+        e.downcast_ref::<sqlx::Error>().is_some_and(is_transient)
+            || e.downcast_ref::<crate::events::DecodeError>()
+                .is_some_and(|d| d.is_transient())
+    })
 }

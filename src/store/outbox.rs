@@ -13,26 +13,49 @@ use sqlx::{PgConnection, PgPool};
 /// A record to publish.
 #[derive(Debug, Clone)]
 pub struct NewRecord<'a> {
+    pub kind: RecordKind,
     pub topic: &'a str,
     pub key: Option<&'a [u8]>,
     pub payload: &'a [u8],
     pub headers: Vec<(String, String)>,
 }
 
+/// How the relay turns a row's payload into the published value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// Published byte for byte (dead letters).
+    Raw,
+    /// An order event stored as JSON, encoded for the wire at publish time.
+    OrderEvent,
+}
+
+impl RecordKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Raw => "raw",
+            RecordKind::OrderEvent => "order_event",
+        }
+    }
+}
+
 pub async fn enqueue(conn: &mut PgConnection, record: &NewRecord<'_>) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO outbox (topic, key, payload, headers) VALUES ($1, $2, $3, $4)")
-        .bind(record.topic)
-        .bind(record.key)
-        .bind(record.payload)
-        .bind(sqlx::types::Json(&record.headers))
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO outbox (kind, topic, key, payload, headers) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(record.kind.as_str())
+    .bind(record.topic)
+    .bind(record.key)
+    .bind(record.payload)
+    .bind(sqlx::types::Json(&record.headers))
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PendingRecord {
     pub id: i64,
+    pub kind: String,
     pub topic: String,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
@@ -43,7 +66,7 @@ pub struct PendingRecord {
 /// The oldest unpublished records, in id order.
 pub async fn pending(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<PendingRecord>> {
     sqlx::query_as(
-        "SELECT id, topic, key, payload, headers, created_at FROM outbox
+        "SELECT id, kind, topic, key, payload, headers, created_at FROM outbox
          WHERE sent_at IS NULL ORDER BY id LIMIT $1",
     )
     .bind(limit)

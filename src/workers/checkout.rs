@@ -16,7 +16,9 @@ use super::lifecycle::Lifecycle;
 use super::{check_envelope, Handled, Handler, Tally, Verdict};
 use crate::domain::pricing::{self, PricedOrder, Rejection};
 use crate::domain::OrderStatus;
-use crate::events::{Address, CheckoutEvent, Codec, DecodeError, OrderEvent, OrderEventBody};
+use crate::events::{
+    Address, CheckoutEvent, Codec, DecodeError, Normalized, OrderEvent, OrderEventBody,
+};
 use crate::store::inbox;
 use crate::store::orders::{self, Amounts, Inserted, NewOrder};
 use crate::store::pricing_tables::PricingTables;
@@ -68,11 +70,15 @@ impl Handler for CheckoutHandler {
         "checkout"
     }
 
+    fn reader_schema(&self) -> &'static apache_avro::Schema {
+        &crate::events::avro::CHECKOUT
+    }
+
     fn decode(
         &self,
         codec: &Codec,
         key: Option<&[u8]>,
-        payload: Option<&[u8]>,
+        payload: &Normalized<'_>,
     ) -> Result<CheckoutEvent, DecodeError> {
         let event: CheckoutEvent = codec.decode(payload)?;
         check_envelope(&event.event_id, &event.order_id, key)?;

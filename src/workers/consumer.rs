@@ -401,13 +401,22 @@ impl<H: Handler> BatchProcessor<'_, H> {
     }
 
     async fn apply_batch(&self, batch: &[RawMessage]) -> anyhow::Result<BatchReport> {
-        let decoded: Vec<_> = batch
-            .iter()
-            .map(|msg| {
-                self.handler
-                    .decode(&self.deps.codec, msg.key.as_deref(), msg.payload.as_deref())
-            })
-            .collect();
+        let mut decoded = Vec::with_capacity(batch.len());
+        for msg in batch {
+            let codec = &self.deps.codec;
+            let result = match codec
+                .normalize(self.handler.reader_schema(), msg.payload.as_deref())
+                .await
+            {
+                Ok(normalized) => self.handler.decode(codec, msg.key.as_deref(), &normalized),
+                Err(e) => Err(e),
+            };
+            match result {
+                // The registry blinked: retry the whole batch, dead-letter nothing.
+                Err(e) if e.is_transient() => return Err(anyhow::Error::new(e)),
+                other => decoded.push(other),
+            }
+        }
         let mut tx = self.begin().await?;
         // Lock every order of the batch up front, in one canonical order, so
         // loops of different topics can never deadlock on each other.

@@ -20,6 +20,7 @@ impl Emitter {
     pub async fn emit(&self, conn: &mut PgConnection, event: &OrderEvent) -> anyhow::Result<()> {
         let payload = self.codec.encode(event);
         let record = outbox::NewRecord {
+            kind: outbox::RecordKind::OrderEvent,
             topic: &self.topic,
             key: Some(event.order_id.as_bytes()),
             payload: &payload,

@@ -17,7 +17,7 @@ use super::{check_envelope, Handled, Handler, Tally, Verdict};
 use crate::domain::lifecycle::{self, Decision, Effect, OrderFacts};
 use crate::domain::Money;
 use crate::events::{
-    Cancellation, Codec, DecodeError, OrderEvent, OrderEventBody, PaymentConfirmation,
+    Cancellation, Codec, DecodeError, Normalized, OrderEvent, OrderEventBody, PaymentConfirmation,
     PaymentStatus,
 };
 use crate::store::{inbox, lifecycle as store};
@@ -376,11 +376,15 @@ impl Handler for PaymentHandler {
         PAYMENT_SOURCE
     }
 
+    fn reader_schema(&self) -> &'static apache_avro::Schema {
+        &crate::events::avro::PAYMENT_CONFIRMATION
+    }
+
     fn decode(
         &self,
         codec: &Codec,
         key: Option<&[u8]>,
-        payload: Option<&[u8]>,
+        payload: &Normalized<'_>,
     ) -> Result<Input, DecodeError> {
         let p: PaymentConfirmation = codec.decode(payload)?;
         check_envelope(&p.event_id, &p.order_id, key)?;
@@ -421,11 +425,15 @@ impl Handler for CancellationHandler {
         CANCELLATION_SOURCE
     }
 
+    fn reader_schema(&self) -> &'static apache_avro::Schema {
+        &crate::events::avro::CANCELLATION
+    }
+
     fn decode(
         &self,
         codec: &Codec,
         key: Option<&[u8]>,
-        payload: Option<&[u8]>,
+        payload: &Normalized<'_>,
     ) -> Result<Input, DecodeError> {
         let c: Cancellation = codec.decode(payload)?;
         check_envelope(&c.event_id, &c.order_id, key)?;

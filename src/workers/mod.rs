@@ -13,7 +13,7 @@ use std::future::Future;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use crate::events::{Codec, DecodeError};
+use crate::events::{Codec, DecodeError, Normalized};
 
 /// What applying one event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,11 +63,15 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Bytes to a checked event. Errors are permanent: the message is
     /// dead-lettered with the error text.
+    /// The Avro schema this handler reads (`schemas/*.avsc`); Avro payloads
+    /// are resolved to it before [`Handler::decode`].
+    fn reader_schema(&self) -> &'static apache_avro::Schema;
+
     fn decode(
         &self,
         codec: &Codec,
         key: Option<&[u8]>,
-        payload: Option<&[u8]>,
+        payload: &Normalized<'_>,
     ) -> Result<Self::Event, DecodeError>;
 
     /// The order an event belongs to; the loop locks it for the batch.

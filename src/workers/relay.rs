@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Settings;
-use crate::store::outbox::{self, PendingRecord};
+use crate::store::outbox::{self, PendingRecord, RecordKind};
 use crate::telemetry::Metrics;
 
 /// Advisory-lock key of the relay leader ("orderflo" in ASCII).
@@ -36,6 +36,8 @@ const BACKLOG_EVERY: Duration = Duration::from_secs(2);
 
 pub struct Relay {
     pub settings: Settings,
+    /// Encodes order events for the wire (Avro when a registry is set).
+    pub codec: crate::events::Codec,
     pub pool: sqlx::PgPool,
     pub metrics: Arc<Metrics>,
     pub wakeup: Arc<Notify>,
@@ -124,9 +126,20 @@ impl Relay {
                 self.metrics.outbox_purged(purged);
                 last_purge = Instant::now();
             }
-            let rows = outbox::pending(conn, self.settings.outbox_batch_size)
+            let mut rows = outbox::pending(conn, self.settings.outbox_batch_size)
                 .await
                 .context("failed to read the outbox")?;
+            if self.codec.avro_enabled() {
+                for row in rows
+                    .iter_mut()
+                    .filter(|r| r.kind == RecordKind::OrderEvent.as_str())
+                {
+                    row.payload = self
+                        .codec
+                        .order_event_wire(&row.topic, &row.payload)
+                        .await?;
+                }
+            }
             if rows.is_empty() {
                 self.metrics.set_outbox_backlog(0);
                 tokio::select! {

@@ -2,10 +2,12 @@
 //! broker (Tansu here, started by scripts/test.sh). Each test has its own
 //! database, topics and consumer group, so they run in parallel.
 
+mod avro;
 mod checkouts;
 mod crash;
 mod helpers;
 mod http_api;
 mod lifecycle;
 mod races;
+mod registry_double;
 mod restart;
