@@ -90,6 +90,8 @@ impl Relay {
             .create()
             .context("failed to create Kafka producer")?;
         let result = self.publish_loop(&mut conn, &producer, shutdown).await;
+        // No longer the leader: another instance reports the backlog now.
+        self.metrics.set_outbox_backlog(0);
         // Whatever librdkafka still holds was never marked sent; it will be
         // published again by the next leader, so a short flush is enough.
         let _ = producer.flush(Timeout::After(Duration::from_secs(5)));
