@@ -15,6 +15,7 @@
 //! - [`telemetry`]: logging and metric definitions.
 
 pub mod app;
+pub mod bench;
 pub mod config;
 pub mod domain;
 pub mod events;
