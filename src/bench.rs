@@ -217,7 +217,7 @@ impl Bench {
         let (p50, p95, p99, max): (f64, f64, f64, f64) = sqlx::query_as(
             "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.95) WITHIN GROUP (ORDER BY ms),
                     percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), max(ms)
-             FROM (SELECT EXTRACT(EPOCH FROM created_at - checkout_occurred_at) * 1000 AS ms
+             FROM (SELECT (EXTRACT(EPOCH FROM created_at - checkout_occurred_at) * 1000)::float8 AS ms
                    FROM orders WHERE cart_id >= 900000000000 AND checkout_occurred_at >= $1) l",
         )
         .bind(marker)
@@ -258,7 +258,8 @@ impl Bench {
         ));
         let (rps, p50, p99) = self
             .http_load(o, |i| {
-                format!("/users/{}/orders?limit=20", (i * 7919) % 1000)
+                // Sample users are 1..=20 (see produce::sample_checkout).
+                format!("/users/{}/orders?limit=20", i % 20 + 1)
             })
             .await?;
         (
