@@ -102,45 +102,42 @@ pub async fn start(settings: Settings, components: &[Component]) -> anyhow::Resu
 
     let emitter = Emitter::new(codec.clone(), settings.topics.order_events.clone());
     let lifecycle = Arc::new(Lifecycle::new(emitter.clone()));
+    let loops = LoopSpawner {
+        deps: &deps,
+        tracker: &consumers,
+        stop: &consumers_stop,
+        fail: &rest_stop,
+    };
     if components.contains(&Component::Checkouts) {
-        let topic = settings.topics.checkouts.clone();
-        expected_consumers.push(topic.clone());
-        let handler = Arc::new(CheckoutHandler::new(
+        let handler = CheckoutHandler::new(
             emitter.clone(),
             lifecycle.clone(),
             settings.default_tax_rate_ppm,
-        ));
-        let (stop, fail) = (consumers_stop.clone(), rest_stop.clone());
-        consumers.spawn(supervise(
+        );
+        expected_consumers.push(loops.spawn(
             "checkouts consumer",
-            fail,
-            consumer::run(deps.clone(), handler, topic, stop),
+            &settings.topics.checkouts,
+            handler,
         ));
     }
     if components.contains(&Component::PaymentConfirmations) {
-        let topic = settings.topics.payment_confirmations.clone();
-        expected_consumers.push(topic.clone());
-        let handler = Arc::new(PaymentHandler {
+        let handler = PaymentHandler {
             lifecycle: lifecycle.clone(),
-        });
-        let (stop, fail) = (consumers_stop.clone(), rest_stop.clone());
-        consumers.spawn(supervise(
+        };
+        expected_consumers.push(loops.spawn(
             "payments consumer",
-            fail,
-            consumer::run(deps.clone(), handler, topic, stop),
+            &settings.topics.payment_confirmations,
+            handler,
         ));
     }
     if components.contains(&Component::Cancellations) {
-        let topic = settings.topics.cancellations.clone();
-        expected_consumers.push(topic.clone());
-        let handler = Arc::new(CancellationHandler {
+        let handler = CancellationHandler {
             lifecycle: lifecycle.clone(),
-        });
-        let (stop, fail) = (consumers_stop.clone(), rest_stop.clone());
-        consumers.spawn(supervise(
+        };
+        expected_consumers.push(loops.spawn(
             "cancellations consumer",
-            fail,
-            consumer::run(deps.clone(), handler, topic, stop),
+            &settings.topics.cancellations,
+            handler,
         ));
     }
 
@@ -204,6 +201,34 @@ pub async fn start(settings: Settings, components: &[Component]) -> anyhow::Resu
         rest_stop,
         rest,
     })
+}
+
+/// Starts consumer loops on the consumers' tracker and stop token.
+struct LoopSpawner<'a> {
+    deps: &'a LoopDeps,
+    tracker: &'a TaskTracker,
+    stop: &'a CancellationToken,
+    /// Cancelled when a loop fails, to stop the whole process.
+    fail: &'a CancellationToken,
+}
+
+impl LoopSpawner<'_> {
+    /// Spawns the loop of `topic`; returns the topic for `/readyz`.
+    fn spawn<H: crate::workers::Handler>(
+        &self,
+        name: &'static str,
+        topic: &str,
+        handler: H,
+    ) -> String {
+        let run = consumer::run(
+            self.deps.clone(),
+            Arc::new(handler),
+            topic.to_owned(),
+            self.stop.clone(),
+        );
+        self.tracker.spawn(supervise(name, self.fail.clone(), run));
+        topic.to_owned()
+    }
 }
 
 /// Runs a component; if it fails, logs why and asks the whole process to
