@@ -200,3 +200,17 @@ pub async fn take_parked(
     .fetch_all(conn)
     .await
 }
+
+/// Which of `order_ids` have parked events waiting.
+pub async fn orders_with_parked(
+    conn: &mut PgConnection,
+    order_ids: &[&str],
+) -> sqlx::Result<Vec<String>> {
+    if order_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar("SELECT DISTINCT order_id FROM parked_events WHERE order_id = ANY($1)")
+        .bind(order_ids)
+        .fetch_all(conn)
+        .await
+}

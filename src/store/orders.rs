@@ -35,104 +35,6 @@ pub struct NewOrder<'a> {
     pub lines: &'a [PricedLine],
 }
 
-/// What `insert` found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Inserted {
-    Created,
-    /// An order with this order id or cart id exists already.
-    Exists {
-        order_id: String,
-        cart_id: i64,
-    },
-}
-
-/// Inserts the order, its lines and its first status-history row, unless an
-/// order with the same order id or cart id exists.
-pub async fn insert(conn: &mut PgConnection, order: &NewOrder<'_>) -> sqlx::Result<Inserted> {
-    let a = order.amounts;
-    let created = sqlx::query(
-        "INSERT INTO orders (order_id, cart_id, user_id, status, currency, subtotal_minor, tax_minor,
-             tax_rate_ppm, shipping_minor, total_minor, item_count, payment_method, shipping_address,
-             billing_address, rejection_reason, checkout_event_id, checkout_occurred_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(order.order_id)
-    .bind(order.cart_id)
-    .bind(order.user_id)
-    .bind(order.status.as_str())
-    .bind(&order.currency)
-    .bind(a.map(|a| a.subtotal))
-    .bind(a.map(|a| a.tax))
-    .bind(a.map(|a| a.tax_rate_ppm as i32))
-    .bind(a.map(|a| a.shipping))
-    .bind(a.map(|a| a.total))
-    .bind(order.item_count)
-    .bind(&order.payment_method)
-    .bind(&order.shipping_address)
-    .bind(&order.billing_address)
-    .bind(order.rejection_reason)
-    .bind(order.checkout_event_id)
-    .bind(order.checkout_occurred_at)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        == 1;
-
-    if !created {
-        let (order_id, cart_id) = sqlx::query_as::<_, (String, i64)>(
-            "SELECT order_id, cart_id FROM orders WHERE order_id = $1 OR cart_id = $2 LIMIT 1",
-        )
-        .bind(order.order_id)
-        .bind(order.cart_id)
-        .fetch_one(&mut *conn)
-        .await?;
-        return Ok(Inserted::Exists { order_id, cart_id });
-    }
-
-    if !order.lines.is_empty() {
-        let n = order.lines.len();
-        let mut line_nos = Vec::with_capacity(n);
-        let mut skus = Vec::with_capacity(n);
-        let mut names = Vec::with_capacity(n);
-        let mut quantities = Vec::with_capacity(n);
-        let mut prices = Vec::with_capacity(n);
-        let mut totals = Vec::with_capacity(n);
-        for (i, l) in order.lines.iter().enumerate() {
-            line_nos.push(i as i32 + 1);
-            skus.push(l.sku.as_str());
-            names.push(l.name.as_str());
-            quantities.push(l.quantity);
-            prices.push(l.unit_price.minor());
-            totals.push(l.line_total.minor());
-        }
-        sqlx::query(
-            "INSERT INTO order_items (order_id, line_no, sku, name, quantity, unit_price_minor, line_total_minor)
-             SELECT $1, * FROM UNNEST($2::int[], $3::text[], $4::text[], $5::int[], $6::bigint[], $7::bigint[])",
-        )
-        .bind(order.order_id)
-        .bind(&line_nos)
-        .bind(&skus)
-        .bind(&names)
-        .bind(&quantities)
-        .bind(&prices)
-        .bind(&totals)
-        .execute(&mut *conn)
-        .await?;
-    }
-
-    append_history(
-        conn,
-        order.order_id,
-        None,
-        order.status,
-        order.checkout_event_id,
-        order.rejection_reason,
-    )
-    .await?;
-    Ok(Inserted::Created)
-}
-
 /// Appends one row to an order's status history.
 pub async fn append_history(
     conn: &mut PgConnection,
@@ -154,4 +56,145 @@ pub async fn append_history(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Inserts many orders with their lines and first history rows in a fixed
+/// number of statements. Rows whose order id or cart id exists already (in
+/// the table or earlier in `orders`) are skipped; returns the
+/// `checkout_event_id`s of the orders actually created.
+pub async fn insert_many(
+    conn: &mut PgConnection,
+    orders: &[NewOrder<'_>],
+) -> sqlx::Result<std::collections::HashSet<String>> {
+    if orders.is_empty() {
+        return Ok(Default::default());
+    }
+    let col = |f: &dyn Fn(&NewOrder<'_>) -> Option<i64>| orders.iter().map(f).collect::<Vec<_>>();
+    let order_ids: Vec<&str> = orders.iter().map(|o| o.order_id).collect();
+    let cart_ids: Vec<i64> = orders.iter().map(|o| o.cart_id).collect();
+    let user_ids: Vec<i64> = orders.iter().map(|o| o.user_id).collect();
+    let statuses: Vec<&str> = orders.iter().map(|o| o.status.as_str()).collect();
+    let currencies: Vec<&str> = orders.iter().map(|o| o.currency.as_str()).collect();
+    let subtotals = col(&|o| o.amounts.map(|a| a.subtotal));
+    let taxes = col(&|o| o.amounts.map(|a| a.tax));
+    let rates = col(&|o| o.amounts.map(|a| i64::from(a.tax_rate_ppm)));
+    let shippings = col(&|o| o.amounts.map(|a| a.shipping));
+    let totals = col(&|o| o.amounts.map(|a| a.total));
+    let item_counts: Vec<i64> = orders.iter().map(|o| o.item_count).collect();
+    let methods: Vec<&str> = orders.iter().map(|o| o.payment_method.as_str()).collect();
+    let ship: Vec<String> = orders
+        .iter()
+        .map(|o| o.shipping_address.to_string())
+        .collect();
+    let bill: Vec<String> = orders
+        .iter()
+        .map(|o| o.billing_address.to_string())
+        .collect();
+    let reasons: Vec<Option<&str>> = orders.iter().map(|o| o.rejection_reason).collect();
+    let event_ids: Vec<&str> = orders.iter().map(|o| o.checkout_event_id).collect();
+    let occurred: Vec<chrono::DateTime<chrono::Utc>> =
+        orders.iter().map(|o| o.checkout_occurred_at).collect();
+    let created: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO orders (order_id, cart_id, user_id, status, currency, subtotal_minor, tax_minor,
+             tax_rate_ppm, shipping_minor, total_minor, item_count, payment_method, shipping_address,
+             billing_address, rejection_reason, checkout_event_id, checkout_occurred_at)
+         SELECT o, c, u, s, cur, sub, tax, rate::int, ship, tot, items, pm, sa::jsonb, ba::jsonb, r, e, at
+         FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::bigint[], $7::bigint[],
+                     $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::text[], $13::text[],
+                     $14::text[], $15::text[], $16::text[], $17::timestamptz[])
+              AS t(o, c, u, s, cur, sub, tax, rate, ship, tot, items, pm, sa, ba, r, e, at)
+         ON CONFLICT DO NOTHING RETURNING checkout_event_id",
+    )
+    .bind(&order_ids)
+    .bind(&cart_ids)
+    .bind(&user_ids)
+    .bind(&statuses)
+    .bind(&currencies)
+    .bind(&subtotals)
+    .bind(&taxes)
+    .bind(&rates)
+    .bind(&shippings)
+    .bind(&totals)
+    .bind(&item_counts)
+    .bind(&methods)
+    .bind(&ship)
+    .bind(&bill)
+    .bind(&reasons)
+    .bind(&event_ids)
+    .bind(&occurred)
+    .fetch_all(&mut *conn)
+    .await?;
+    let created: std::collections::HashSet<String> = created.into_iter().collect();
+    let made: Vec<&NewOrder<'_>> = orders
+        .iter()
+        .filter(|o| created.contains(o.checkout_event_id))
+        .collect();
+
+    let (mut l_order, mut l_no, mut l_sku, mut l_name, mut l_qty, mut l_price, mut l_total) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    for o in &made {
+        for (i, l) in o.lines.iter().enumerate() {
+            l_order.push(o.order_id);
+            l_no.push(i as i32 + 1);
+            l_sku.push(l.sku.as_str());
+            l_name.push(l.name.as_str());
+            l_qty.push(l.quantity);
+            l_price.push(l.unit_price.minor());
+            l_total.push(l.line_total.minor());
+        }
+    }
+    if !l_order.is_empty() {
+        sqlx::query(
+            "INSERT INTO order_items (order_id, line_no, sku, name, quantity, unit_price_minor, line_total_minor)
+             SELECT * FROM UNNEST($1::text[], $2::int[], $3::text[], $4::text[], $5::int[], $6::bigint[], $7::bigint[])",
+        )
+        .bind(&l_order)
+        .bind(&l_no)
+        .bind(&l_sku)
+        .bind(&l_name)
+        .bind(&l_qty)
+        .bind(&l_price)
+        .bind(&l_total)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !made.is_empty() {
+        let ids: Vec<&str> = made.iter().map(|o| o.order_id).collect();
+        let to: Vec<&str> = made.iter().map(|o| o.status.as_str()).collect();
+        let causes: Vec<&str> = made.iter().map(|o| o.checkout_event_id).collect();
+        let reasons: Vec<Option<&str>> = made.iter().map(|o| o.rejection_reason).collect();
+        sqlx::query(
+            "INSERT INTO order_status_history (order_id, to_status, cause_event_id, reason)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[])",
+        )
+        .bind(&ids)
+        .bind(&to)
+        .bind(&causes)
+        .bind(&reasons)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(created)
+}
+
+/// (order_id, cart_id) of existing orders matching any of the ids or carts.
+pub async fn existing(
+    conn: &mut PgConnection,
+    order_ids: &[&str],
+    cart_ids: &[i64],
+) -> sqlx::Result<Vec<(String, i64)>> {
+    sqlx::query_as(
+        "SELECT order_id, cart_id FROM orders WHERE order_id = ANY($1) OR cart_id = ANY($2)",
+    )
+    .bind(order_ids)
+    .bind(cart_ids)
+    .fetch_all(conn)
+    .await
 }

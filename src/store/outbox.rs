@@ -102,3 +102,31 @@ pub async fn purge(pool: &PgPool, retention: Duration, limit: i64) -> sqlx::Resu
     .await?
     .rows_affected())
 }
+
+/// Enqueues many records in one statement, in slice order (ids follow it).
+pub async fn enqueue_many(conn: &mut PgConnection, records: &[NewRecord<'_>]) -> sqlx::Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let kinds: Vec<&str> = records.iter().map(|r| r.kind.as_str()).collect();
+    let topics: Vec<&str> = records.iter().map(|r| r.topic).collect();
+    let keys: Vec<Option<&[u8]>> = records.iter().map(|r| r.key).collect();
+    let payloads: Vec<&[u8]> = records.iter().map(|r| r.payload).collect();
+    let headers: Vec<String> = records
+        .iter()
+        .map(|r| serde_json::to_string(&r.headers).expect("headers serialise"))
+        .collect();
+    sqlx::query(
+        "INSERT INTO outbox (kind, topic, key, payload, headers)
+         SELECT k, t, ky, p, h::jsonb FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::text[])
+              WITH ORDINALITY AS u(k, t, ky, p, h, n) ORDER BY n",
+    )
+    .bind(&kinds)
+    .bind(&topics)
+    .bind(&keys)
+    .bind(&payloads)
+    .bind(&headers)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -5,6 +5,7 @@
 //! lines and first status-history row (a second checkout of the same cart is a
 //! duplicate), and enqueue `OrderCreated` or `OrderRejected`.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,9 +20,9 @@ use crate::domain::OrderStatus;
 use crate::events::{
     Address, CheckoutEvent, Codec, DecodeError, Normalized, OrderEvent, OrderEventBody,
 };
-use crate::store::inbox;
-use crate::store::orders::{self, Amounts, Inserted, NewOrder};
+use crate::store::orders::{self, Amounts, NewOrder};
 use crate::store::pricing_tables::PricingTables;
+use crate::store::{inbox, outbox};
 
 /// Pricing tables are re-read at most this often (they change rarely, and
 /// re-reading per batch would cost two queries per batch).
@@ -90,96 +91,198 @@ impl Handler for CheckoutHandler {
     }
 
     async fn apply(&self, conn: &mut PgConnection, ev: &CheckoutEvent) -> anyhow::Result<Handled> {
-        let mut tally = Tally::default();
-        let handled = |verdict, tally| Handled {
+        let mut handled = self.apply_batch(conn, &[ev]).await?;
+        handled.pop().context("one result per event")
+    }
+
+    /// Set-based: a fixed number of statements per batch, whatever its size.
+    /// Same results as applying the events one by one, in order.
+    async fn apply_batch<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        events: &'a [&'a CheckoutEvent],
+    ) -> anyhow::Result<Vec<Handled>> {
+        let handled = |ev: &CheckoutEvent, verdict| Handled {
             verdict,
             occurred_at: Some(ev.occurred_at),
-            tally,
+            tally: Tally::default(),
         };
-        if !inbox::claim(
-            conn,
-            self.source(),
-            &ev.event_id,
-            Some(&ev.order_id),
-            "applied",
-        )
-        .await
-        .context("failed to claim event id")?
-        {
-            return Ok(handled(Verdict::Duplicate, tally));
-        }
-        let tables = self.tables(conn).await?;
-        let priced = check_fields(ev).and_then(|()| {
-            let ship_to = &ev.shipping_address;
-            let rate = tables.tax_rate_ppm(&ship_to.country, &ship_to.state);
-            pricing::price_cart(&ev.currency, &ev.cart_lines(), rate, |c| {
-                tables.shipping_rule(c)
-            })
-        });
-        let rejection = priced.as_ref().err().map(ToString::to_string);
-        let new_order = new_order(ev, &priced, rejection.as_deref());
-        match orders::insert(conn, &new_order)
+        let mut results: Vec<Option<Handled>> = vec![None; events.len()];
+
+        // Dedupe: an event id seen earlier in this batch, or ever.
+        let mut seen = HashSet::new();
+        let firsts: Vec<usize> = (0..events.len())
+            .filter(|&i| seen.insert(events[i].event_id.as_str()))
+            .collect();
+        let ids: Vec<&str> = firsts
+            .iter()
+            .map(|&i| events[i].event_id.as_str())
+            .collect();
+        let orders_of: Vec<&str> = firsts
+            .iter()
+            .map(|&i| events[i].order_id.as_str())
+            .collect();
+        let claimed = inbox::claim_many(conn, self.source(), &ids, &orders_of)
             .await
-            .context("failed to insert order")?
-        {
-            Inserted::Created => {}
-            Inserted::Exists { order_id, cart_id } => {
-                if order_id == ev.order_id && cart_id != ev.cart_id {
-                    // Not a retry: two carts claim one order id. Neither can
-                    // be recorded against the other, so the newcomer is
-                    // dead-lettered for a human to look at.
-                    let reason = format!(
-                        "order_id {:?} already belongs to cart {cart_id}, not cart {}",
+            .context("failed to claim event ids")?;
+        let fresh: Vec<usize> = firsts
+            .into_iter()
+            .filter(|&i| claimed.contains(&events[i].event_id))
+            .collect();
+
+        // Price, then insert every order at once; an existing order id or
+        // cart (in the table or earlier in the batch) is skipped.
+        let tables = self.tables(conn).await?;
+        let priced: Vec<Result<PricedOrder, Rejection>> = fresh
+            .iter()
+            .map(|&i| {
+                let ev = events[i];
+                check_fields(ev).and_then(|()| {
+                    let ship_to = &ev.shipping_address;
+                    let rate = tables.tax_rate_ppm(&ship_to.country, &ship_to.state);
+                    pricing::price_cart(&ev.currency, &ev.cart_lines(), rate, |c| {
+                        tables.shipping_rule(c)
+                    })
+                })
+            })
+            .collect();
+        let reasons: Vec<Option<String>> = priced
+            .iter()
+            .map(|p| p.as_ref().err().map(ToString::to_string))
+            .collect();
+        let new_orders: Vec<NewOrder<'_>> = fresh
+            .iter()
+            .zip(&priced)
+            .zip(&reasons)
+            .map(|((&i, p), r)| new_order(events[i], p, r.as_deref()))
+            .collect();
+        let created = orders::insert_many(conn, &new_orders)
+            .await
+            .context("failed to insert orders")?;
+
+        // Skipped ones: a retry or a second checkout of a cart is a
+        // duplicate; another cart under a taken order id is dead-lettered.
+        let skipped: Vec<usize> = fresh
+            .iter()
+            .copied()
+            .filter(|&i| !created.contains(&events[i].event_id))
+            .collect();
+        let mut outcome_ids = Vec::new();
+        let mut outcome_names = Vec::new();
+        if !skipped.is_empty() {
+            let order_ids: Vec<&str> = skipped
+                .iter()
+                .map(|&i| events[i].order_id.as_str())
+                .collect();
+            let carts: Vec<i64> = skipped.iter().map(|&i| events[i].cart_id).collect();
+            let existing = orders::existing(conn, &order_ids, &carts)
+                .await
+                .context("failed to read existing orders")?;
+            for &i in &skipped {
+                let ev = events[i];
+                let taken_by_other_cart = existing
+                    .iter()
+                    .find(|(order_id, _)| *order_id == ev.order_id)
+                    .filter(|(_, cart)| *cart != ev.cart_id);
+                let verdict = match taken_by_other_cart {
+                    Some((_, cart)) => Verdict::DeadLetter(format!(
+                        "order_id {:?} already belongs to cart {cart}, not cart {}",
                         ev.order_id, ev.cart_id
-                    );
-                    inbox::set_outcome(conn, self.source(), &ev.event_id, "dead_lettered").await?;
-                    return Ok(handled(Verdict::DeadLetter(reason), tally));
-                }
-                // The same checkout again under a new event id, or a second
-                // checkout of a cart that already has an order: the first stands.
-                tracing::debug!(order_id = %ev.order_id, cart_id = ev.cart_id, existing_order = %order_id, "checkout duplicates an existing order");
-                inbox::set_outcome(conn, self.source(), &ev.event_id, "duplicate").await?;
-                return Ok(handled(Verdict::Duplicate, tally));
+                    )),
+                    None => Verdict::Duplicate,
+                };
+                outcome_ids.push(ev.event_id.as_str());
+                outcome_names.push(if verdict == Verdict::Duplicate {
+                    "duplicate"
+                } else {
+                    "dead_lettered"
+                });
+                results[i] = Some(handled(ev, verdict));
             }
         }
-        let event = match &priced {
-            Ok(order) => OrderEvent::new(
-                &ev.event_id,
-                &ev.order_id,
-                OrderStatus::PendingPayment,
-                OrderEventBody::OrderCreated {
-                    user_id: ev.user_id,
-                    cart_id: ev.cart_id,
-                    currency: order.currency.code().to_owned(),
-                    subtotal_minor: order.subtotal.minor(),
-                    tax_minor: order.tax.minor(),
-                    shipping_minor: order.shipping.minor(),
-                    total_minor: order.total.minor(),
-                    item_count: order.item_count(),
-                    line_count: order.lines.len() as i64,
-                },
-            ),
-            Err(reason) => OrderEvent::new(
-                &ev.event_id,
-                &ev.order_id,
-                OrderStatus::Rejected,
-                OrderEventBody::OrderRejected {
-                    user_id: ev.user_id,
-                    cart_id: ev.cart_id,
-                    reason: reason.to_string(),
-                },
-            ),
-        };
-        self.emitter.emit(conn, &event).await?;
-        // Payments and cancellations that overtook this checkout.
-        self.lifecycle
-            .drain_parked(conn, &ev.order_id, &mut tally)
-            .await?;
-        if priced.is_err() {
-            inbox::set_outcome(conn, self.source(), &ev.event_id, "rejected").await?;
-            return Ok(handled(Verdict::Rejected, tally));
+
+        // Announce the created orders, in batch order.
+        let mut announced = Vec::new();
+        for (k, &i) in fresh.iter().enumerate() {
+            let ev = events[i];
+            if !created.contains(&ev.event_id) {
+                continue;
+            }
+            let (status, body) = match &priced[k] {
+                Ok(order) => (
+                    OrderStatus::PendingPayment,
+                    OrderEventBody::OrderCreated {
+                        user_id: ev.user_id,
+                        cart_id: ev.cart_id,
+                        currency: order.currency.code().to_owned(),
+                        subtotal_minor: order.subtotal.minor(),
+                        tax_minor: order.tax.minor(),
+                        shipping_minor: order.shipping.minor(),
+                        total_minor: order.total.minor(),
+                        item_count: order.item_count(),
+                        line_count: order.lines.len() as i64,
+                    },
+                ),
+                Err(reason) => {
+                    outcome_ids.push(ev.event_id.as_str());
+                    outcome_names.push("rejected");
+                    (
+                        OrderStatus::Rejected,
+                        OrderEventBody::OrderRejected {
+                            user_id: ev.user_id,
+                            cart_id: ev.cart_id,
+                            reason: reason.to_string(),
+                        },
+                    )
+                }
+            };
+            announced.push((i, OrderEvent::new(&ev.event_id, &ev.order_id, status, body)));
+            let verdict = if priced[k].is_ok() {
+                Verdict::Applied
+            } else {
+                Verdict::Rejected
+            };
+            results[i] = Some(handled(ev, verdict));
         }
-        Ok(handled(Verdict::Applied, tally))
+        let payloads: Vec<Vec<u8>> = announced
+            .iter()
+            .map(|(_, e)| self.emitter.payload(e))
+            .collect();
+        let records: Vec<_> = announced
+            .iter()
+            .zip(&payloads)
+            .map(|((_, e), p)| self.emitter.record(e, p))
+            .collect();
+        outbox::enqueue_many(conn, &records)
+            .await
+            .context("failed to enqueue order events")?;
+        inbox::set_outcomes(conn, self.source(), &outcome_ids, &outcome_names)
+            .await
+            .context("failed to record outcomes")?;
+
+        // Payments and cancellations that overtook their checkout.
+        let created_ids: Vec<&str> = announced
+            .iter()
+            .map(|(i, _)| events[*i].order_id.as_str())
+            .collect();
+        for order_id in crate::store::lifecycle::orders_with_parked(conn, &created_ids).await? {
+            let i = announced
+                .iter()
+                .map(|(i, _)| *i)
+                .find(|&i| events[i].order_id == order_id)
+                .context("parked order was created in this batch")?;
+            let tally = &mut results[i]
+                .as_mut()
+                .context("created order has a result")?
+                .tally;
+            self.lifecycle.drain_parked(conn, &order_id, tally).await?;
+        }
+
+        Ok(results
+            .into_iter()
+            .zip(events)
+            .map(|(r, ev)| r.unwrap_or_else(|| handled(ev, Verdict::Duplicate)))
+            .collect())
     }
 }
 

@@ -429,7 +429,24 @@ impl<H: Handler> BatchProcessor<'_, H> {
             .await
             .context("failed to lock orders")?;
         let mut outcomes = Vec::with_capacity(batch.len());
-        for (msg, decoded) in batch.iter().zip(decoded) {
+        let events: Vec<&H::Event> = decoded.iter().filter_map(|d| d.as_ref().ok()).collect();
+        let mut handled = self
+            .handler
+            .apply_batch(&mut tx, &events)
+            .await
+            .with_context(|| match batch {
+                [one] => format!(
+                    "failed to apply {} offset {}/{}",
+                    self.topic, one.partition, one.offset
+                ),
+                _ => format!(
+                    "failed to apply a batch of {} from {}",
+                    batch.len(),
+                    self.topic
+                ),
+            })?
+            .into_iter();
+        for (msg, decoded) in batch.iter().zip(&decoded) {
             let outcome = match decoded {
                 Err(e) => {
                     debug!(topic = self.topic, partition = msg.partition, offset = msg.offset, error = %e, "undecodable message");
@@ -437,13 +454,10 @@ impl<H: Handler> BatchProcessor<'_, H> {
                         .await?;
                     (Outcome::DeadLettered, None, Tally::default())
                 }
-                Ok(event) => {
-                    let handled = self.handler.apply(&mut tx, &event).await.with_context(|| {
-                        format!(
-                            "failed to apply {} offset {}/{}",
-                            self.topic, msg.partition, msg.offset
-                        )
-                    })?;
+                Ok(_) => {
+                    let handled = handled
+                        .next()
+                        .context("handler returned fewer results than events")?;
                     let outcome = match handled.verdict {
                         Verdict::Applied => Outcome::Applied,
                         Verdict::Duplicate => Outcome::Duplicate,

@@ -17,16 +17,25 @@ impl Emitter {
         Emitter { codec, topic }
     }
 
-    pub async fn emit(&self, conn: &mut PgConnection, event: &OrderEvent) -> anyhow::Result<()> {
-        let payload = self.codec.encode(event);
-        let record = outbox::NewRecord {
+    /// The JSON stored in the outbox for `event`.
+    pub fn payload(&self, event: &OrderEvent) -> Vec<u8> {
+        self.codec.encode(event)
+    }
+
+    /// The outbox record for `event` with its encoded `payload`.
+    pub fn record<'a>(&'a self, event: &'a OrderEvent, payload: &'a [u8]) -> outbox::NewRecord<'a> {
+        outbox::NewRecord {
             kind: outbox::RecordKind::OrderEvent,
             topic: &self.topic,
             key: Some(event.order_id.as_bytes()),
-            payload: &payload,
+            payload,
             headers: vec![("event_type".into(), event.event_type().into())],
-        };
-        outbox::enqueue(conn, &record)
+        }
+    }
+
+    pub async fn emit(&self, conn: &mut PgConnection, event: &OrderEvent) -> anyhow::Result<()> {
+        let payload = self.payload(event);
+        outbox::enqueue(conn, &self.record(event, &payload))
             .await
             .with_context(|| format!("failed to enqueue {}", event.event_type()))
     }

@@ -84,6 +84,23 @@ pub trait Handler: Send + Sync + 'static {
         conn: &mut PgConnection,
         event: &Self::Event,
     ) -> impl Future<Output = anyhow::Result<Handled>> + Send;
+
+    /// Applies a batch in order inside the caller's transaction; one
+    /// [`Handled`] per event. The default applies them one by one; a handler
+    /// may do it set-based, as long as the result is the same.
+    fn apply_batch<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        events: &'a [&'a Self::Event],
+    ) -> impl Future<Output = anyhow::Result<Vec<Handled>>> + Send + 'a {
+        async move {
+            let mut out = Vec::with_capacity(events.len());
+            for event in events {
+                out.push(self.apply(&mut *conn, event).await?);
+            }
+            Ok(out)
+        }
+    }
 }
 
 /// Checks the envelope fields every input event has. Returns the order id.
