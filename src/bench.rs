@@ -472,9 +472,8 @@ impl Bench {
             let mut tx = self.pool.begin().await?;
             let ids: Vec<&str> = chunk.iter().map(|e| e.order_id.as_str()).collect();
             crate::store::lifecycle::lock_orders(&mut tx, &ids).await?;
-            for ev in chunk {
-                handler.apply(&mut tx, ev).await?;
-            }
+            let batch: Vec<&CheckoutEvent> = chunk.iter().collect();
+            handler.apply_batch(&mut tx, &batch).await?;
             tx.commit().await?;
         }
         Ok(n as f64 / started.elapsed().as_secs_f64())

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use crate::domain::lifecycle::OrderFacts;
-use crate::domain::{Money, OrderStatus};
+use crate::domain::Money;
 
 /// The advisory-lock class of order locks (`pg_advisory_xact_lock(class, hashtext(order_id))`).
 pub const ORDER_LOCK_CLASS: i32 = 0x6f72_6466;
@@ -38,153 +38,17 @@ struct FactsRow {
     paid_amount_minor: Option<i64>,
 }
 
-pub async fn order_facts(
-    conn: &mut PgConnection,
-    order_id: &str,
-) -> sqlx::Result<Option<OrderFacts>> {
-    let row: Option<FactsRow> = sqlx::query_as(
-        "SELECT status, total_minor, currency, paid_payment_id, paid_amount_minor FROM orders WHERE order_id = $1",
-    )
-    .bind(order_id)
-    .fetch_optional(conn)
-    .await?;
-    row.map(|r| {
-        let status = r
-            .status
-            .parse()
-            .map_err(|e: crate::domain::status::UnknownStatus| sqlx::Error::Decode(e.into()))?;
-        Ok(OrderFacts {
-            status,
-            total: r.total_minor.map(Money::from_minor),
-            currency: r.currency,
-            paid_by: r
-                .paid_payment_id
-                .zip(r.paid_amount_minor.map(Money::from_minor)),
-        })
-    })
-    .transpose()
-}
-
 pub struct NewPayment<'a> {
     pub payment_id: &'a str,
     pub status: &'a str,
     pub order_id: &'a str,
     pub amount_minor: i64,
-    pub currency: &'a str,
-    pub provider: &'a str,
-    pub failure_reason: Option<&'a str>,
-    pub disposition: &'a str,
+    pub currency: String,
+    pub provider: String,
+    pub failure_reason: Option<String>,
+    pub disposition: &'static str,
     pub event_id: &'a str,
     pub occurred_at: DateTime<Utc>,
-}
-
-/// Records a payment; `false` when this (payment_id, status) was seen before.
-pub async fn record_payment(conn: &mut PgConnection, p: &NewPayment<'_>) -> sqlx::Result<bool> {
-    Ok(sqlx::query(
-        "INSERT INTO payments (payment_id, status, order_id, amount_minor, currency, provider,
-             failure_reason, disposition, event_id, occurred_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
-    )
-    .bind(p.payment_id)
-    .bind(p.status)
-    .bind(p.order_id)
-    .bind(p.amount_minor)
-    .bind(p.currency)
-    .bind(p.provider)
-    .bind(p.failure_reason)
-    .bind(p.disposition)
-    .bind(p.event_id)
-    .bind(p.occurred_at)
-    .execute(conn)
-    .await?
-    .rows_affected()
-        == 1)
-}
-
-/// Whether a (payment_id, status) was recorded already.
-pub async fn payment_seen(
-    conn: &mut PgConnection,
-    payment_id: &str,
-    status: &str,
-) -> sqlx::Result<bool> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM payments WHERE payment_id = $1 AND status = $2)",
-    )
-    .bind(payment_id)
-    .bind(status)
-    .fetch_one(conn)
-    .await
-}
-
-/// Records a refund request; `false` when that payment was refunded before.
-pub async fn request_refund(
-    conn: &mut PgConnection,
-    payment_id: &str,
-    order_id: &str,
-    amount: Money,
-    currency: &str,
-    reason: &str,
-    cause_event_id: &str,
-) -> sqlx::Result<bool> {
-    Ok(sqlx::query(
-        "INSERT INTO refunds (payment_id, order_id, amount_minor, currency, reason, cause_event_id)
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-    )
-    .bind(payment_id)
-    .bind(order_id)
-    .bind(amount.minor())
-    .bind(currency)
-    .bind(reason)
-    .bind(cause_event_id)
-    .execute(conn)
-    .await?
-    .rows_affected()
-        == 1)
-}
-
-/// Moves an order to `to`, remembering the paying payment when it is paid.
-pub async fn set_status(
-    conn: &mut PgConnection,
-    order_id: &str,
-    to: OrderStatus,
-    paid_by: Option<(&str, Money)>,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE orders SET status = $2, updated_at = clock_timestamp(),
-             paid_payment_id = COALESCE($3, paid_payment_id),
-             paid_amount_minor = COALESCE($4, paid_amount_minor)
-         WHERE order_id = $1",
-    )
-    .bind(order_id)
-    .bind(to.as_str())
-    .bind(paid_by.map(|(id, _)| id))
-    .bind(paid_by.map(|(_, amount)| amount.minor()))
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Parks an event for an order that does not exist yet.
-pub async fn park(
-    conn: &mut PgConnection,
-    source: &str,
-    event_id: &str,
-    order_id: &str,
-    payload: &serde_json::Value,
-    occurred_at: DateTime<Utc>,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO parked_events (source, event_id, order_id, payload, occurred_at)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-    )
-    .bind(source)
-    .bind(event_id)
-    .bind(order_id)
-    .bind(payload)
-    .bind(occurred_at)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// Removes and returns an order's parked events, oldest first.
@@ -213,4 +77,193 @@ pub async fn orders_with_parked(
         .bind(order_ids)
         .fetch_all(conn)
         .await
+}
+
+/// Facts of every order in `order_ids` that exists.
+pub async fn facts_many(
+    conn: &mut PgConnection,
+    order_ids: &[&str],
+) -> sqlx::Result<std::collections::HashMap<String, OrderFacts>> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        order_id: String,
+        #[sqlx(flatten)]
+        facts: FactsRow,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT order_id, status, total_minor, currency, paid_payment_id, paid_amount_minor
+         FROM orders WHERE order_id = ANY($1)",
+    )
+    .bind(order_ids)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            let status = r
+                .facts
+                .status
+                .parse()
+                .map_err(|e: crate::domain::status::UnknownStatus| sqlx::Error::Decode(e.into()))?;
+            let f = r.facts;
+            Ok((
+                r.order_id,
+                OrderFacts {
+                    status,
+                    total: f.total_minor.map(Money::from_minor),
+                    currency: f.currency,
+                    paid_by: f
+                        .paid_payment_id
+                        .zip(f.paid_amount_minor.map(Money::from_minor)),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Which (payment_id, status) pairs among `payment_ids` were recorded.
+pub async fn payments_seen(
+    conn: &mut PgConnection,
+    payment_ids: &[&str],
+) -> sqlx::Result<std::collections::HashSet<(String, String)>> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT payment_id, status FROM payments WHERE payment_id = ANY($1)")
+            .bind(payment_ids)
+            .fetch_all(conn)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// A parked event to store.
+pub struct Parking<'a> {
+    pub source: &'a str,
+    pub event_id: &'a str,
+    pub order_id: &'a str,
+    pub payload: serde_json::Value,
+    pub occurred_at: DateTime<Utc>,
+}
+
+pub async fn park_many(conn: &mut PgConnection, rows: &[Parking<'_>]) -> sqlx::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let sources: Vec<&str> = rows.iter().map(|r| r.source).collect();
+    let ids: Vec<&str> = rows.iter().map(|r| r.event_id).collect();
+    let orders: Vec<&str> = rows.iter().map(|r| r.order_id).collect();
+    let payloads: Vec<String> = rows.iter().map(|r| r.payload.to_string()).collect();
+    let at: Vec<DateTime<Utc>> = rows.iter().map(|r| r.occurred_at).collect();
+    sqlx::query(
+        "INSERT INTO parked_events (source, event_id, order_id, payload, occurred_at)
+         SELECT s, e, o, p::jsonb, a FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+              WITH ORDINALITY AS t(s, e, o, p, a, n) ORDER BY n
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&sources)
+    .bind(&ids)
+    .bind(&orders)
+    .bind(&payloads)
+    .bind(&at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn record_payments<'a>(
+    conn: &mut PgConnection,
+    rows: &[NewPayment<'a>],
+) -> sqlx::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let v = |f: fn(&NewPayment<'a>) -> &'a str| rows.iter().map(f).collect::<Vec<&str>>();
+    let amounts: Vec<i64> = rows.iter().map(|r| r.amount_minor).collect();
+    let reasons: Vec<Option<&str>> = rows.iter().map(|r| r.failure_reason.as_deref()).collect();
+    let at: Vec<DateTime<Utc>> = rows.iter().map(|r| r.occurred_at).collect();
+    sqlx::query(
+        "INSERT INTO payments (payment_id, status, order_id, amount_minor, currency, provider,
+             failure_reason, disposition, event_id, occurred_at)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
+                              $7::text[], $8::text[], $9::text[], $10::timestamptz[])
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(v(|r| r.payment_id))
+    .bind(v(|r| r.status))
+    .bind(v(|r| r.order_id))
+    .bind(&amounts)
+    .bind(rows.iter().map(|r| r.currency.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.provider.as_str()).collect::<Vec<_>>())
+    .bind(&reasons)
+    .bind(v(|r| r.disposition))
+    .bind(v(|r| r.event_id))
+    .bind(&at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Final status (and paying payment) of each changed order.
+pub async fn set_statuses(
+    conn: &mut PgConnection,
+    order_ids: &[&str],
+    statuses: &[&str],
+    paid_ids: &[Option<&str>],
+    paid_amounts: &[Option<i64>],
+) -> sqlx::Result<()> {
+    if order_ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE orders o SET status = t.s, updated_at = clock_timestamp(),
+             paid_payment_id = COALESCE(t.p, o.paid_payment_id),
+             paid_amount_minor = COALESCE(t.a, o.paid_amount_minor)
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]) AS t(id, s, p, a)
+         WHERE o.order_id = t.id",
+    )
+    .bind(order_ids)
+    .bind(statuses)
+    .bind(paid_ids)
+    .bind(paid_amounts)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A refund to request.
+pub struct Refund<'a> {
+    pub payment_id: String,
+    pub order_id: &'a str,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub reason: String,
+    pub cause_event_id: &'a str,
+}
+
+/// Records refund requests; returns the payment ids actually recorded (a
+/// payment refunded before, ever, is not refunded again).
+pub async fn request_refunds(
+    conn: &mut PgConnection,
+    rows: &[Refund<'_>],
+) -> sqlx::Result<std::collections::HashSet<String>> {
+    if rows.is_empty() {
+        return Ok(Default::default());
+    }
+    let ids: Vec<&str> = rows.iter().map(|r| r.payment_id.as_str()).collect();
+    let orders: Vec<&str> = rows.iter().map(|r| r.order_id).collect();
+    let amounts: Vec<i64> = rows.iter().map(|r| r.amount_minor).collect();
+    let currencies: Vec<&str> = rows.iter().map(|r| r.currency.as_str()).collect();
+    let reasons: Vec<&str> = rows.iter().map(|r| r.reason.as_str()).collect();
+    let causes: Vec<&str> = rows.iter().map(|r| r.cause_event_id).collect();
+    let inserted: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO refunds (payment_id, order_id, amount_minor, currency, reason, cause_event_id)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[])
+         ON CONFLICT DO NOTHING RETURNING payment_id",
+    )
+    .bind(&ids)
+    .bind(&orders)
+    .bind(&amounts)
+    .bind(&currencies)
+    .bind(&reasons)
+    .bind(&causes)
+    .fetch_all(conn)
+    .await?;
+    Ok(inserted.into_iter().collect())
 }

@@ -198,3 +198,40 @@ pub async fn existing(
     .fetch_all(conn)
     .await
 }
+
+/// One status-history row.
+pub struct Transition<'a> {
+    pub order_id: &'a str,
+    pub from: OrderStatus,
+    pub to: OrderStatus,
+    pub cause_event_id: &'a str,
+    pub reason: Option<String>,
+}
+
+/// Appends history rows in slice order.
+pub async fn append_history_many(
+    conn: &mut PgConnection,
+    rows: &[Transition<'_>],
+) -> sqlx::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = rows.iter().map(|r| r.order_id).collect();
+    let from: Vec<&str> = rows.iter().map(|r| r.from.as_str()).collect();
+    let to: Vec<&str> = rows.iter().map(|r| r.to.as_str()).collect();
+    let causes: Vec<&str> = rows.iter().map(|r| r.cause_event_id).collect();
+    let reasons: Vec<Option<&str>> = rows.iter().map(|r| r.reason.as_deref()).collect();
+    sqlx::query(
+        "INSERT INTO order_status_history (order_id, from_status, to_status, cause_event_id, reason)
+         SELECT o, f, t, c, r FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+              WITH ORDINALITY AS u(o, f, t, c, r, n) ORDER BY n",
+    )
+    .bind(&ids)
+    .bind(&from)
+    .bind(&to)
+    .bind(&causes)
+    .bind(&reasons)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

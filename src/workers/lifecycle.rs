@@ -14,13 +14,13 @@ use sqlx::PgConnection;
 
 use super::emit::Emitter;
 use super::{check_envelope, Handled, Handler, Tally, Verdict};
-use crate::domain::lifecycle::{self, Decision, Effect, OrderFacts};
+use crate::domain::lifecycle::{self, Decision, Effect};
 use crate::domain::Money;
 use crate::events::{
     Cancellation, Codec, DecodeError, Normalized, OrderEvent, OrderEventBody, PaymentConfirmation,
     PaymentStatus,
 };
-use crate::store::{inbox, lifecycle as store};
+use crate::store::{inbox, lifecycle as store, orders, outbox};
 
 pub const PAYMENT_SOURCE: &str = "payment";
 pub const CANCELLATION_SOURCE: &str = "cancellation";
@@ -54,6 +54,13 @@ impl Input {
             Input::Cancellation(_) => CANCELLATION_SOURCE,
         }
     }
+
+    fn occurred_at(&self) -> chrono::DateTime<chrono::Utc> {
+        match self {
+            Input::Payment(p) => p.occurred_at,
+            Input::Cancellation(c) => c.occurred_at,
+        }
+    }
 }
 
 /// Applies lifecycle inputs to orders; shared by the payment and cancellation
@@ -62,195 +69,262 @@ pub struct Lifecycle {
     emitter: Emitter,
 }
 
+/// An order event waiting for the batch's refunds to be recorded: a
+/// `RefundRequested` is only published if its refund row was new.
+struct Pending {
+    event: OrderEvent,
+    refund_of: Option<String>,
+}
+
 impl Lifecycle {
     pub fn new(emitter: Emitter) -> Self {
         Lifecycle { emitter }
     }
 
-    /// Applies `input` to its order, or parks it when the order is unknown.
-    /// The caller holds the order lock and has claimed the event id.
-    pub async fn apply(
+    /// Applies `inputs` in order, each to its order or parked when the order
+    /// is unknown, with a fixed number of statements: the facts are read
+    /// once, the rules run in memory (an order changed by one input is seen
+    /// changed by the next), and every write goes out in one statement per
+    /// table. The caller holds the order locks and has claimed the event ids.
+    pub async fn apply_many(
         &self,
         conn: &mut PgConnection,
-        input: &Input,
-        tally: &mut Tally,
-    ) -> anyhow::Result<Verdict> {
-        let order_id = input.order_id();
-        let Some(facts) = store::order_facts(conn, order_id)
+        inputs: &[&Input],
+    ) -> anyhow::Result<Vec<(Verdict, Tally)>> {
+        let order_ids: Vec<&str> = inputs.iter().map(|i| i.order_id()).collect();
+        let mut facts = store::facts_many(conn, &order_ids)
             .await
-            .context("failed to read order")?
-        else {
-            let (payload, at) = match input {
-                Input::Payment(p) => (serde_json::to_value(p)?, p.occurred_at),
-                Input::Cancellation(c) => (serde_json::to_value(c)?, c.occurred_at),
-            };
-            store::park(
-                conn,
-                input.source(),
-                input.event_id(),
-                order_id,
-                &payload,
-                at,
-            )
-            .await
-            .context("failed to park event")?;
-            return Ok(Verdict::Parked);
+            .context("failed to read orders")?;
+        let payment_ids: Vec<&str> = inputs
+            .iter()
+            .filter_map(|i| match i {
+                Input::Payment(p) => Some(p.payment_id.as_str()),
+                Input::Cancellation(_) => None,
+            })
+            .collect();
+        let mut seen = if payment_ids.is_empty() {
+            Default::default()
+        } else {
+            store::payments_seen(conn, &payment_ids)
+                .await
+                .context("failed to read payments")?
         };
-        let decision = match input {
-            Input::Payment(p) => {
-                let status = payment_status_str(p.status);
-                if store::payment_seen(conn, &p.payment_id, status).await? {
-                    return Ok(Verdict::Duplicate);
-                }
-                let domain = lifecycle::Payment {
-                    payment_id: p.payment_id.clone(),
-                    status: match p.status {
-                        PaymentStatus::Confirmed => lifecycle::PaymentStatus::Confirmed,
-                        PaymentStatus::Failed => lifecycle::PaymentStatus::Failed,
-                    },
-                    amount: Money::from_minor(p.amount_minor),
-                    currency: p.currency.clone(),
-                    failure_reason: p.failure_reason.clone(),
+
+        let mut results = Vec::with_capacity(inputs.len());
+        let mut parking = Vec::new();
+        let mut payments = Vec::new();
+        let mut transitions = Vec::new();
+        let mut refunds = Vec::new();
+        let mut pending: Vec<(usize, Pending)> = Vec::new();
+        for (k, input) in inputs.iter().enumerate() {
+            let order_id = input.order_id();
+            let cause = input.event_id();
+            let Some(order) = facts.get_mut(order_id) else {
+                let (payload, occurred_at) = match input {
+                    Input::Payment(p) => (serde_json::to_value(p)?, p.occurred_at),
+                    Input::Cancellation(c) => (serde_json::to_value(c)?, c.occurred_at),
                 };
-                let decision = lifecycle::decide_payment(&facts, &domain);
-                let failure_reason = p.failure_reason.as_deref().map(|r| cut(r, MAX_TEXT));
-                store::record_payment(
-                    conn,
-                    &store::NewPayment {
+                parking.push(store::Parking {
+                    source: input.source(),
+                    event_id: cause,
+                    order_id,
+                    payload,
+                    occurred_at,
+                });
+                results.push((Verdict::Parked, Tally::default()));
+                continue;
+            };
+            let decision = match input {
+                Input::Payment(p) => {
+                    let status = payment_status_str(p.status);
+                    if !seen.insert((p.payment_id.clone(), status.to_owned())) {
+                        results.push((Verdict::Duplicate, Tally::default()));
+                        continue;
+                    }
+                    let domain = lifecycle::Payment {
+                        payment_id: p.payment_id.clone(),
+                        status: match p.status {
+                            PaymentStatus::Confirmed => lifecycle::PaymentStatus::Confirmed,
+                            PaymentStatus::Failed => lifecycle::PaymentStatus::Failed,
+                        },
+                        amount: Money::from_minor(p.amount_minor),
+                        currency: p.currency.clone(),
+                        failure_reason: p.failure_reason.clone(),
+                    };
+                    let decision = lifecycle::decide_payment(order, &domain);
+                    payments.push(store::NewPayment {
                         payment_id: &p.payment_id,
                         status,
                         order_id,
                         amount_minor: p.amount_minor,
-                        currency: &cut(&p.currency, 16),
-                        provider: &cut(&p.provider, 64),
-                        failure_reason: failure_reason.as_deref(),
+                        currency: cut(&p.currency, 16),
+                        provider: cut(&p.provider, 64),
+                        failure_reason: p.failure_reason.as_deref().map(|r| cut(r, MAX_TEXT)),
                         disposition: disposition(&decision),
                         event_id: &p.event_id,
                         occurred_at: p.occurred_at,
+                    });
+                    decision
+                }
+                Input::Cancellation(c) => lifecycle::decide_cancellation(
+                    order,
+                    &lifecycle::Cancellation {
+                        reason: cut(&c.reason, MAX_TEXT),
+                        requested_by: c.requested_by.as_str().to_owned(),
                     },
-                )
-                .await
-                .context("failed to record payment")?;
-                decision
+                ),
+            };
+            if decision.is_ignored() {
+                results.push((Verdict::Ignored, Tally::default()));
+                continue;
             }
-            Input::Cancellation(c) => lifecycle::decide_cancellation(
-                &facts,
-                &lifecycle::Cancellation {
-                    reason: cut(&c.reason, MAX_TEXT),
-                    requested_by: c.requested_by.as_str().to_owned(),
-                },
-            ),
-        };
-        if decision.is_ignored() {
-            return Ok(Verdict::Ignored);
-        }
-        self.persist(conn, order_id, input.event_id(), &facts, decision, tally)
-            .await?;
-        Ok(Verdict::Applied)
-    }
-
-    async fn persist(
-        &self,
-        conn: &mut PgConnection,
-        order_id: &str,
-        cause: &str,
-        facts: &OrderFacts,
-        decision: Decision,
-        tally: &mut Tally,
-    ) -> anyhow::Result<()> {
-        let status = decision.new_status.unwrap_or(facts.status);
-        if let Some(to) = decision.new_status {
-            let paid_by = decision.effects.iter().find_map(|e| match e {
-                Effect::Paid { payment_id, amount } => Some((payment_id.as_str(), *amount)),
-                _ => None,
-            });
-            let reason = decision.effects.iter().find_map(|e| match e {
-                Effect::PaymentFailed { reason, .. } | Effect::Cancelled { reason, .. } => {
-                    Some(reason.as_str())
-                }
-                _ => None,
-            });
-            store::set_status(conn, order_id, to, paid_by)
-                .await
-                .context("failed to update order")?;
-            crate::store::orders::append_history(
-                conn,
-                order_id,
-                Some(facts.status),
-                to,
-                cause,
-                reason,
-            )
-            .await
-            .context("failed to append status history")?;
-            tally.transitions.push((facts.status, to));
-        }
-        for effect in decision.effects {
-            let body = match effect {
-                Effect::Paid { payment_id, amount } => OrderEventBody::OrderPaid {
-                    payment_id,
-                    amount_minor: amount.minor(),
-                    currency: facts.currency.clone(),
-                },
-                Effect::PaymentFailed { payment_id, reason } => {
-                    OrderEventBody::OrderPaymentFailed { payment_id, reason }
-                }
-                Effect::Cancelled {
+            let mut tally = Tally::default();
+            let status = decision.new_status.unwrap_or(order.status);
+            if let Some(to) = decision.new_status {
+                let reason = decision.effects.iter().find_map(|e| match e {
+                    Effect::PaymentFailed { reason, .. } | Effect::Cancelled { reason, .. } => {
+                        Some(reason.clone())
+                    }
+                    _ => None,
+                });
+                transitions.push(orders::Transition {
+                    order_id,
+                    from: order.status,
+                    to,
+                    cause_event_id: cause,
                     reason,
-                    requested_by,
-                } => OrderEventBody::OrderCancelled {
-                    reason,
-                    requested_by,
-                },
-                Effect::PaymentRejected {
-                    payment_id,
-                    amount,
-                    currency,
-                    reason,
-                } => {
-                    tally.payments_rejected += 1;
-                    OrderEventBody::PaymentRejected {
-                        payment_id,
-                        amount_minor: amount.minor(),
-                        currency: cut(&currency, 16),
+                });
+                tally.transitions.push((order.status, to));
+                order.status = to;
+            }
+            for effect in decision.effects {
+                let mut refund_of = None;
+                let body = match effect {
+                    Effect::Paid { payment_id, amount } => {
+                        order.paid_by = Some((payment_id.clone(), amount));
+                        OrderEventBody::OrderPaid {
+                            payment_id,
+                            amount_minor: amount.minor(),
+                            currency: order.currency.clone(),
+                        }
+                    }
+                    Effect::PaymentFailed { payment_id, reason } => {
+                        OrderEventBody::OrderPaymentFailed { payment_id, reason }
+                    }
+                    Effect::Cancelled {
                         reason,
-                    }
-                }
-                Effect::RefundRequested {
-                    payment_id,
-                    amount,
-                    currency,
-                    reason,
-                } => {
-                    let currency = cut(&currency, 16);
-                    let fresh = store::request_refund(
-                        conn,
-                        &payment_id,
-                        order_id,
-                        amount,
-                        &currency,
-                        &reason,
-                        cause,
-                    )
-                    .await
-                    .context("failed to record refund")?;
-                    if !fresh {
-                        continue; // refunded once already: never twice
-                    }
-                    tally.refunds.push((currency.clone(), amount.minor()));
-                    OrderEventBody::RefundRequested {
+                        requested_by,
+                    } => OrderEventBody::OrderCancelled {
+                        reason,
+                        requested_by,
+                    },
+                    Effect::PaymentRejected {
                         payment_id,
-                        amount_minor: amount.minor(),
+                        amount,
                         currency,
                         reason,
+                    } => {
+                        tally.payments_rejected += 1;
+                        OrderEventBody::PaymentRejected {
+                            payment_id,
+                            amount_minor: amount.minor(),
+                            currency: cut(&currency, 16),
+                            reason,
+                        }
                     }
-                }
-            };
-            self.emitter
-                .emit(conn, &OrderEvent::new(cause, order_id, status, body))
-                .await?;
+                    Effect::RefundRequested {
+                        payment_id,
+                        amount,
+                        currency,
+                        reason,
+                    } => {
+                        let currency = cut(&currency, 16);
+                        refunds.push(store::Refund {
+                            payment_id: payment_id.clone(),
+                            order_id,
+                            amount_minor: amount.minor(),
+                            currency: currency.clone(),
+                            reason: reason.clone(),
+                            cause_event_id: cause,
+                        });
+                        refund_of = Some(payment_id.clone());
+                        OrderEventBody::RefundRequested {
+                            payment_id,
+                            amount_minor: amount.minor(),
+                            currency,
+                            reason,
+                        }
+                    }
+                };
+                let event = OrderEvent::new(cause, order_id, status, body);
+                pending.push((k, Pending { event, refund_of }));
+            }
+            results.push((Verdict::Applied, tally));
         }
-        Ok(())
+
+        store::park_many(conn, &parking)
+            .await
+            .context("failed to park events")?;
+        store::record_payments(conn, &payments)
+            .await
+            .context("failed to record payments")?;
+        let mut finals: Vec<(&str, &lifecycle::OrderFacts)> = Vec::new();
+        for t in &transitions {
+            if !finals.iter().any(|(id, _)| *id == t.order_id) {
+                finals.push((t.order_id, &facts[t.order_id]));
+            }
+        }
+        let ids: Vec<&str> = finals.iter().map(|(id, _)| *id).collect();
+        let statuses: Vec<&str> = finals.iter().map(|(_, f)| f.status.as_str()).collect();
+        let paid_ids: Vec<Option<&str>> = finals
+            .iter()
+            .map(|(_, f)| f.paid_by.as_ref().map(|(p, _)| p.as_str()))
+            .collect();
+        let paid_amounts: Vec<Option<i64>> = finals
+            .iter()
+            .map(|(_, f)| f.paid_by.as_ref().map(|(_, a)| a.minor()))
+            .collect();
+        store::set_statuses(conn, &ids, &statuses, &paid_ids, &paid_amounts)
+            .await
+            .context("failed to update orders")?;
+        orders::append_history_many(conn, &transitions)
+            .await
+            .context("failed to append status history")?;
+        // A refund is requested at most once per payment, ever: drop the
+        // announcement of any refund whose row already existed.
+        let fresh_refunds = store::request_refunds(conn, &refunds)
+            .await
+            .context("failed to record refunds")?;
+        let mut announced_refunds = std::collections::HashSet::new();
+        let mut events = Vec::with_capacity(pending.len());
+        for (k, p) in pending {
+            if let Some(payment_id) = &p.refund_of {
+                if !fresh_refunds.contains(payment_id)
+                    || !announced_refunds.insert(payment_id.clone())
+                {
+                    continue;
+                }
+                if let OrderEventBody::RefundRequested {
+                    currency,
+                    amount_minor,
+                    ..
+                } = &p.event.body
+                {
+                    results[k].1.refunds.push((currency.clone(), *amount_minor));
+                }
+            }
+            events.push(p.event);
+        }
+        let payloads: Vec<Vec<u8>> = events.iter().map(|e| self.emitter.payload(e)).collect();
+        let records: Vec<_> = events
+            .iter()
+            .zip(&payloads)
+            .map(|(e, p)| self.emitter.record(e, p))
+            .collect();
+        outbox::enqueue_many(conn, &records)
+            .await
+            .context("failed to enqueue order events")?;
+        Ok(results)
     }
 
     /// Applies an order's parked events in arrival order; called right after
@@ -261,11 +335,12 @@ impl Lifecycle {
         order_id: &str,
         tally: &mut Tally,
     ) -> anyhow::Result<()> {
+        let mut inputs = Vec::new();
         for (source, payload) in store::take_parked(conn, order_id)
             .await
             .context("failed to take parked events")?
         {
-            let input = match source.as_str() {
+            inputs.push(match source.as_str() {
                 PAYMENT_SOURCE => {
                     Input::Payment(serde_json::from_value(payload).context("parked payment")?)
                 }
@@ -273,8 +348,10 @@ impl Lifecycle {
                     serde_json::from_value(payload).context("parked cancellation")?,
                 ),
                 other => anyhow::bail!("parked event from unknown source {other:?}"),
-            };
-            let verdict = self.apply(conn, &input, tally).await?;
+            });
+        }
+        let refs: Vec<&Input> = inputs.iter().collect();
+        for (input, (verdict, t)) in inputs.iter().zip(self.apply_many(conn, &refs).await?) {
             inbox::set_outcome(
                 conn,
                 input.source(),
@@ -282,6 +359,9 @@ impl Lifecycle {
                 outcome_name(&verdict),
             )
             .await?;
+            tally.transitions.extend(t.transitions);
+            tally.refunds.extend(t.refunds);
+            tally.payments_rejected += t.payments_rejected;
             tally.unparked += 1;
         }
         Ok(())
@@ -326,43 +406,54 @@ fn cut(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
 }
 
-/// Claims the event id, then applies through the lifecycle.
+/// Claims the event ids (a repeat, in the batch or ever, is a duplicate),
+/// then applies the fresh ones through the lifecycle.
 async fn claim_and_apply(
     lifecycle: &Lifecycle,
     conn: &mut PgConnection,
-    input: &Input,
-    occurred_at: chrono::DateTime<chrono::Utc>,
-) -> anyhow::Result<Handled> {
-    let mut tally = Tally::default();
-    let claimed = inbox::claim(
-        conn,
-        input.source(),
-        input.event_id(),
-        Some(input.order_id()),
-        "applied",
-    )
-    .await
-    .context("failed to claim event id")?;
-    let verdict = if claimed {
-        let verdict = lifecycle.apply(conn, input, &mut tally).await?;
-        if verdict != Verdict::Applied {
-            inbox::set_outcome(
-                conn,
-                input.source(),
-                input.event_id(),
-                outcome_name(&verdict),
-            )
-            .await?;
-        }
-        verdict
-    } else {
-        Verdict::Duplicate
+    inputs: &[&Input],
+) -> anyhow::Result<Vec<Handled>> {
+    let Some(source) = inputs.first().map(|i| i.source()) else {
+        return Ok(Vec::new());
     };
-    Ok(Handled {
-        verdict,
-        occurred_at: Some(occurred_at),
-        tally,
-    })
+    let mut seen = std::collections::HashSet::new();
+    let firsts: Vec<usize> = (0..inputs.len())
+        .filter(|&i| seen.insert(inputs[i].event_id()))
+        .collect();
+    let ids: Vec<&str> = firsts.iter().map(|&i| inputs[i].event_id()).collect();
+    let orders_of: Vec<&str> = firsts.iter().map(|&i| inputs[i].order_id()).collect();
+    let claimed = inbox::claim_many(conn, source, &ids, &orders_of)
+        .await
+        .context("failed to claim event ids")?;
+    let fresh: Vec<usize> = firsts
+        .into_iter()
+        .filter(|&i| claimed.contains(inputs[i].event_id()))
+        .collect();
+    let fresh_inputs: Vec<&Input> = fresh.iter().map(|&i| inputs[i]).collect();
+    let applied = lifecycle.apply_many(conn, &fresh_inputs).await?;
+
+    let mut results: Vec<Handled> = inputs
+        .iter()
+        .map(|i| Handled {
+            verdict: Verdict::Duplicate,
+            occurred_at: Some(i.occurred_at()),
+            tally: Tally::default(),
+        })
+        .collect();
+    let mut outcome_ids = Vec::new();
+    let mut outcome_names = Vec::new();
+    for (&i, (verdict, tally)) in fresh.iter().zip(applied) {
+        if verdict != Verdict::Applied {
+            outcome_ids.push(inputs[i].event_id());
+            outcome_names.push(outcome_name(&verdict));
+        }
+        results[i].verdict = verdict;
+        results[i].tally = tally;
+    }
+    inbox::set_outcomes(conn, source, &outcome_ids, &outcome_names)
+        .await
+        .context("failed to record outcomes")?;
+    Ok(results)
 }
 
 pub struct PaymentHandler {
@@ -407,10 +498,16 @@ impl Handler for PaymentHandler {
     }
 
     async fn apply(&self, conn: &mut PgConnection, event: &Input) -> anyhow::Result<Handled> {
-        let Input::Payment(p) = event else {
-            anyhow::bail!("payment handler given a cancellation")
-        };
-        claim_and_apply(&self.lifecycle, conn, event, p.occurred_at).await
+        let mut handled = claim_and_apply(&self.lifecycle, conn, &[event]).await?;
+        handled.pop().context("one result per event")
+    }
+
+    async fn apply_batch<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        events: &'a [&'a Input],
+    ) -> anyhow::Result<Vec<Handled>> {
+        claim_and_apply(&self.lifecycle, conn, events).await
     }
 }
 
@@ -445,9 +542,15 @@ impl Handler for CancellationHandler {
     }
 
     async fn apply(&self, conn: &mut PgConnection, event: &Input) -> anyhow::Result<Handled> {
-        let Input::Cancellation(c) = event else {
-            anyhow::bail!("cancellation handler given a payment")
-        };
-        claim_and_apply(&self.lifecycle, conn, event, c.occurred_at).await
+        let mut handled = claim_and_apply(&self.lifecycle, conn, &[event]).await?;
+        handled.pop().context("one result per event")
+    }
+
+    async fn apply_batch<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        events: &'a [&'a Input],
+    ) -> anyhow::Result<Vec<Handled>> {
+        claim_and_apply(&self.lifecycle, conn, events).await
     }
 }
