@@ -63,6 +63,8 @@ pub struct Report {
     pub worker_peak_rss_mb: f64,
     pub worker_rss_after_throughput_mb: f64,
     pub worker_rss_end_mb: f64,
+    /// Messages per committed transaction in the throughput phase, by topic.
+    pub mean_batch_size: Vec<(String, f64)>,
 }
 
 fn progress(msg: impl AsRef<str>) {
@@ -190,6 +192,8 @@ impl Bench {
         }
         report.outbox_drained_s = started.elapsed().as_secs_f64();
         report.worker_rss_after_throughput_mb = self.rss_mb().0;
+        report.mean_batch_size = self.mean_batch_sizes().await.unwrap_or_default();
+        progress(format!("mean batch size by topic: {:?}", report.mean_batch_size));
         report.ratio_to_db_ceiling =
             report.throughput_checkouts_per_s / report.db_ceiling_checkouts_per_s;
         report.ratio_to_naive = report.throughput_checkouts_per_s / report.naive_checkouts_per_s;
@@ -272,6 +276,30 @@ impl Bench {
         report.worker_rss_end_mb = now;
         report.worker_peak_rss_mb = peak.max(hwm);
         Ok(report)
+    }
+
+    /// Mean messages per batch by topic, from the worker's histogram.
+    async fn mean_batch_sizes(&self) -> anyhow::Result<Vec<(String, f64)>> {
+        let text = reqwest::get(format!("{}/metrics", self.http)).await?.text().await?;
+        let value = |prefix: &str| -> Vec<(String, f64)> {
+            text.lines()
+                .filter_map(|l| l.strip_prefix(prefix))
+                .filter_map(|rest| {
+                    let (labels, v) = rest.rsplit_once(' ')?;
+                    let topic = labels.split('"').nth(1)?.to_owned();
+                    Some((topic, v.parse().ok()?))
+                })
+                .collect()
+        };
+        let sums = value("orderflow_batch_size_messages_sum{");
+        let counts = value("orderflow_batch_size_messages_count{");
+        Ok(sums
+            .into_iter()
+            .filter_map(|(t, sum)| {
+                let count = counts.iter().find(|(c, _)| *c == t)?.1;
+                Some((t, (sum / count * 10.0).round() / 10.0))
+            })
+            .collect())
     }
 
     async fn processed(&self) -> anyhow::Result<i64> {

@@ -51,32 +51,19 @@ pub struct NewPayment<'a> {
     pub occurred_at: DateTime<Utc>,
 }
 
-/// Removes and returns an order's parked events, oldest first.
-pub async fn take_parked(
-    conn: &mut PgConnection,
-    order_id: &str,
-) -> sqlx::Result<Vec<(String, serde_json::Value)>> {
-    sqlx::query_as(
-        "WITH taken AS (DELETE FROM parked_events WHERE order_id = $1 RETURNING seq, source, payload)
-         SELECT source, payload FROM taken ORDER BY seq",
-    )
-    .bind(order_id)
-    .fetch_all(conn)
-    .await
-}
-
-/// Which of `order_ids` have parked events waiting.
-pub async fn orders_with_parked(
-    conn: &mut PgConnection,
-    order_ids: &[&str],
-) -> sqlx::Result<Vec<String>> {
+/// Removes and returns the parked events of `order_ids`, oldest first, as
+/// (source, payload).
+pub async fn take_parked(conn: &mut PgConnection, order_ids: &[&str]) -> sqlx::Result<Vec<(String, serde_json::Value)>> {
     if order_ids.is_empty() {
         return Ok(Vec::new());
     }
-    sqlx::query_scalar("SELECT DISTINCT order_id FROM parked_events WHERE order_id = ANY($1)")
-        .bind(order_ids)
-        .fetch_all(conn)
-        .await
+    sqlx::query_as(
+        "WITH taken AS (DELETE FROM parked_events WHERE order_id = ANY($1) RETURNING seq, source, payload)
+         SELECT source, payload FROM taken ORDER BY seq",
+    )
+    .bind(order_ids)
+    .fetch_all(conn)
+    .await
 }
 
 /// Facts of every order in `order_ids` that exists.

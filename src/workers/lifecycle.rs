@@ -327,44 +327,38 @@ impl Lifecycle {
         Ok(results)
     }
 
-    /// Applies an order's parked events in arrival order; called right after
-    /// the checkout created the order, under the same lock.
-    pub async fn drain_parked(
-        &self,
-        conn: &mut PgConnection,
-        order_id: &str,
-        tally: &mut Tally,
-    ) -> anyhow::Result<()> {
+    /// Applies the parked events of `order_ids` in arrival order; called
+    /// right after the checkouts created those orders, under the same locks.
+    /// Returns each input's tally with the order it belongs to.
+    pub async fn drain_parked(&self, conn: &mut PgConnection, order_ids: &[&str]) -> anyhow::Result<Vec<(String, Tally)>> {
         let mut inputs = Vec::new();
-        for (source, payload) in store::take_parked(conn, order_id)
-            .await
-            .context("failed to take parked events")?
-        {
+        for (source, payload) in store::take_parked(conn, order_ids).await.context("failed to take parked events")? {
             inputs.push(match source.as_str() {
-                PAYMENT_SOURCE => {
-                    Input::Payment(serde_json::from_value(payload).context("parked payment")?)
-                }
-                CANCELLATION_SOURCE => Input::Cancellation(
-                    serde_json::from_value(payload).context("parked cancellation")?,
-                ),
+                PAYMENT_SOURCE => Input::Payment(serde_json::from_value(payload).context("parked payment")?),
+                CANCELLATION_SOURCE => Input::Cancellation(serde_json::from_value(payload).context("parked cancellation")?),
                 other => anyhow::bail!("parked event from unknown source {other:?}"),
             });
         }
         let refs: Vec<&Input> = inputs.iter().collect();
-        for (input, (verdict, t)) in inputs.iter().zip(self.apply_many(conn, &refs).await?) {
-            inbox::set_outcome(
-                conn,
-                input.source(),
-                input.event_id(),
-                outcome_name(&verdict),
-            )
-            .await?;
-            tally.transitions.extend(t.transitions);
-            tally.refunds.extend(t.refunds);
-            tally.payments_rejected += t.payments_rejected;
-            tally.unparked += 1;
+        let applied = self.apply_many(conn, &refs).await?;
+        // Record each drained event's final outcome, per source.
+        for source in [PAYMENT_SOURCE, CANCELLATION_SOURCE] {
+            let (ids, names): (Vec<&str>, Vec<&str>) = inputs
+                .iter()
+                .zip(&applied)
+                .filter(|(i, _)| i.source() == source)
+                .map(|(i, (v, _))| (i.event_id(), outcome_name(v)))
+                .unzip();
+            inbox::set_outcomes(conn, source, &ids, &names).await?;
         }
-        Ok(())
+        Ok(inputs
+            .iter()
+            .zip(applied)
+            .map(|(i, (_, mut tally))| {
+                tally.unparked = 1;
+                (i.order_id().to_owned(), tally)
+            })
+            .collect())
     }
 }
 
