@@ -54,6 +54,9 @@ pub struct Report {
     pub latency_p95_ms: f64,
     pub latency_p99_ms: f64,
     pub latency_max_ms: f64,
+    /// Produce → consume through the broker alone at the same rate.
+    pub broker_floor_p50_ms: f64,
+    pub broker_floor_p99_ms: f64,
     pub http_status_rps: f64,
     pub http_status_p50_ms: f64,
     pub http_status_p99_ms: f64,
@@ -193,7 +196,10 @@ impl Bench {
         report.outbox_drained_s = started.elapsed().as_secs_f64();
         report.worker_rss_after_throughput_mb = self.rss_mb().0;
         report.mean_batch_size = self.mean_batch_sizes().await.unwrap_or_default();
-        progress(format!("mean batch size by topic: {:?}", report.mean_batch_size));
+        progress(format!(
+            "mean batch size by topic: {:?}",
+            report.mean_batch_size
+        ));
         report.ratio_to_db_ceiling =
             report.throughput_checkouts_per_s / report.db_ceiling_checkouts_per_s;
         report.ratio_to_naive = report.throughput_checkouts_per_s / report.naive_checkouts_per_s;
@@ -234,6 +240,15 @@ impl Bench {
             report.latency_max_ms,
         ) = (p50, p95, p99, max);
         peak = peak.max(self.rss_mb().0);
+
+        // The floor under that: the broker alone, produce → consume, same rate.
+        progress("latency floor: the broker alone (produce → consume, no orderflow), 5 s");
+        (report.broker_floor_p50_ms, report.broker_floor_p99_ms) =
+            self.broker_floor(o.latency_rate, 5).await?;
+        progress(format!(
+            "  p50 {:.1} ms, p99 {:.1} ms",
+            report.broker_floor_p50_ms, report.broker_floor_p99_ms
+        ));
 
         // 4. HTTP under concurrent load.
         let order_ids: Vec<String> =
@@ -280,7 +295,10 @@ impl Bench {
 
     /// Mean messages per batch by topic, from the worker's histogram.
     async fn mean_batch_sizes(&self) -> anyhow::Result<Vec<(String, f64)>> {
-        let text = reqwest::get(format!("{}/metrics", self.http)).await?.text().await?;
+        let text = reqwest::get(format!("{}/metrics", self.http))
+            .await?
+            .text()
+            .await?;
         let value = |prefix: &str| -> Vec<(String, f64)> {
             text.lines()
                 .filter_map(|l| l.strip_prefix(prefix))
@@ -478,6 +496,70 @@ impl Bench {
         self.producer
             .flush(Timeout::After(Duration::from_secs(30)))?;
         Ok(sent)
+    }
+
+    /// Produce → consume latency of the broker with no orderflow in between,
+    /// on an otherwise unused topic, with the worker's consumer settings.
+    async fn broker_floor(&self, rate: u64, secs: u64) -> anyhow::Result<(f64, f64)> {
+        use rdkafka::consumer::{Consumer, StreamConsumer};
+        use rdkafka::Message;
+        let topic = Topics::dlq(&self.settings.topics.payment_confirmations);
+        let consumer: StreamConsumer = crate::kafka::consumer_config(
+            &self.settings,
+            &format!("{}-floor", self.settings.group_id),
+        )
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "latest")
+        .create()?;
+        consumer.subscribe(&[topic.as_str()])?;
+        // Wait for the assignment before producing.
+        let started = Instant::now();
+        while consumer.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
+            let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
+            if started.elapsed() > Duration::from_secs(20) {
+                bail!("floor consumer got no assignment");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let total = rate * secs;
+        let producer = self.producer.clone();
+        let sender_topic = topic.clone();
+        let sender = tokio::spawn(async move {
+            let begun = Instant::now();
+            let mut ticker = tokio::time::interval(Duration::from_millis(10));
+            let mut sent = 0u64;
+            while sent < total {
+                ticker.tick().await;
+                let due = ((begun.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
+                while sent < due {
+                    let now = chrono::Utc::now().timestamp_micros().to_string();
+                    let _ = producer
+                        .send_result(FutureRecord::to(&sender_topic).key(&now).payload(&now));
+                    sent += 1;
+                }
+            }
+        });
+        let mut latencies = Vec::with_capacity(total as usize);
+        let deadline = Instant::now() + Duration::from_secs(secs + 20);
+        while (latencies.len() as u64) < total && Instant::now() < deadline {
+            if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
+                let sent: i64 = m
+                    .payload()
+                    .and_then(|p| std::str::from_utf8(p).ok())
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                latencies.push((chrono::Utc::now().timestamp_micros() - sent) as f64 / 1000.0);
+            }
+        }
+        sender.await?;
+        latencies.sort_by(|a, b| a.total_cmp(b));
+        let pct = |p: f64| {
+            latencies
+                .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0.0)
+        };
+        Ok((pct(0.5), pct(0.99)))
     }
 
     /// The same handler and rows, written by a plain loop: 500 checkouts per
@@ -684,6 +766,28 @@ impl Report {
                     self.latency_events,
                     self.latency_rate_per_s
                 ),
+            ),
+            (
+                "latency floor: broker alone, produce → consume",
+                format!(
+                    "p50 {:.1} ms, p99 {:.1} ms",
+                    self.broker_floor_p50_ms, self.broker_floor_p99_ms
+                ),
+            ),
+            (
+                "mean batch size (messages per transaction)",
+                self.mean_batch_size
+                    .iter()
+                    .map(|(t, n)| {
+                        format!(
+                            "{} {n}",
+                            t.split_once('-').map_or(t.as_str(), |(_, rest)| rest
+                                .split_once('-')
+                                .map_or(rest, |(_, r)| r))
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
             ),
             (
                 "GET /orders/{id}/status",

@@ -53,7 +53,10 @@ pub struct NewPayment<'a> {
 
 /// Removes and returns the parked events of `order_ids`, oldest first, as
 /// (source, payload).
-pub async fn take_parked(conn: &mut PgConnection, order_ids: &[&str]) -> sqlx::Result<Vec<(String, serde_json::Value)>> {
+pub async fn take_parked(
+    conn: &mut PgConnection,
+    order_ids: &[&str],
+) -> sqlx::Result<Vec<(String, serde_json::Value)>> {
     if order_ids.is_empty() {
         return Ok(Vec::new());
     }

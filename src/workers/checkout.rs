@@ -261,14 +261,20 @@ impl Handler for CheckoutHandler {
             .context("failed to record outcomes")?;
 
         // Payments and cancellations that overtook their checkout.
-        let created_ids: Vec<&str> = announced.iter().map(|(i, _)| events[*i].order_id.as_str()).collect();
+        let created_ids: Vec<&str> = announced
+            .iter()
+            .map(|(i, _)| events[*i].order_id.as_str())
+            .collect();
         for (order_id, t) in self.lifecycle.drain_parked(conn, &created_ids).await? {
             let i = announced
                 .iter()
                 .map(|(i, _)| *i)
                 .find(|&i| events[i].order_id == order_id)
                 .context("drained order was created in this batch")?;
-            let tally = &mut results[i].as_mut().context("created order has a result")?.tally;
+            let tally = &mut results[i]
+                .as_mut()
+                .context("created order has a result")?
+                .tally;
             tally.transitions.extend(t.transitions);
             tally.refunds.extend(t.refunds);
             tally.payments_rejected += t.payments_rejected;

@@ -330,12 +330,23 @@ impl Lifecycle {
     /// Applies the parked events of `order_ids` in arrival order; called
     /// right after the checkouts created those orders, under the same locks.
     /// Returns each input's tally with the order it belongs to.
-    pub async fn drain_parked(&self, conn: &mut PgConnection, order_ids: &[&str]) -> anyhow::Result<Vec<(String, Tally)>> {
+    pub async fn drain_parked(
+        &self,
+        conn: &mut PgConnection,
+        order_ids: &[&str],
+    ) -> anyhow::Result<Vec<(String, Tally)>> {
         let mut inputs = Vec::new();
-        for (source, payload) in store::take_parked(conn, order_ids).await.context("failed to take parked events")? {
+        for (source, payload) in store::take_parked(conn, order_ids)
+            .await
+            .context("failed to take parked events")?
+        {
             inputs.push(match source.as_str() {
-                PAYMENT_SOURCE => Input::Payment(serde_json::from_value(payload).context("parked payment")?),
-                CANCELLATION_SOURCE => Input::Cancellation(serde_json::from_value(payload).context("parked cancellation")?),
+                PAYMENT_SOURCE => {
+                    Input::Payment(serde_json::from_value(payload).context("parked payment")?)
+                }
+                CANCELLATION_SOURCE => Input::Cancellation(
+                    serde_json::from_value(payload).context("parked cancellation")?,
+                ),
                 other => anyhow::bail!("parked event from unknown source {other:?}"),
             });
         }
