@@ -42,7 +42,8 @@ pub fn consumer_config(settings: &Settings, group_id: &str) -> ClientConfig {
         )
         // Bound what librdkafka prefetches per partition (memory, and what a
         // crash makes us re-read).
-        .set("queued.max.messages.kbytes", "16384")
+        .set("queued.min.messages", "2000")
+        .set("queued.max.messages.kbytes", "4096")
         // Kafka answers a fetch as soon as data is there; Tansu holds every
         // fetch for this long (docs/tansu.md), so keep it short.
         .set("fetch.wait.max.ms", "25");

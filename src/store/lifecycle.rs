@@ -110,16 +110,22 @@ pub async fn facts_many(
         .collect()
 }
 
-/// Which (payment_id, status) pairs among `payment_ids` were recorded.
+/// Which of the (payment_id, status) pairs were recorded already. Probes
+/// the primary key pair by pair, so the plan stays an index lookup however
+/// stale the table's statistics are.
 pub async fn payments_seen(
     conn: &mut PgConnection,
     payment_ids: &[&str],
+    statuses: &[&str],
 ) -> sqlx::Result<std::collections::HashSet<(String, String)>> {
-    let rows: Vec<(String, String)> =
-        sqlx::query_as("SELECT payment_id, status FROM payments WHERE payment_id = ANY($1)")
-            .bind(payment_ids)
-            .fetch_all(conn)
-            .await?;
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT p.payment_id, p.status FROM UNNEST($1::text[], $2::text[]) AS t(id, st)
+         JOIN payments p ON p.payment_id = t.id AND p.status = t.st",
+    )
+    .bind(payment_ids)
+    .bind(statuses)
+    .fetch_all(conn)
+    .await?;
     Ok(rows.into_iter().collect())
 }
 

@@ -1,5 +1,8 @@
-//! Periodic read-only checks that feed gauges: parked events (count, oldest
-//! age, how many exceed `PARKED_MAX_AGE_SECS`) and orders by status.
+//! Periodic checks that feed gauges: parked events (count, oldest age, how
+//! many exceed `PARKED_MAX_AGE_SECS`) and orders by status. Where the
+//! server runs without autovacuum, it also refreshes the planner statistics
+//! of the tables the workers write, which otherwise stay those of an empty
+//! table and turn index lookups into sequential scans as the tables grow.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +20,26 @@ pub async fn run(
     every: Duration,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let autovacuum: Option<String> = sqlx::query_scalar("SHOW autovacuum")
+        .fetch_one(&pool)
+        .await
+        .ok();
+    let analyze = autovacuum.as_deref() == Some("off");
+    if analyze {
+        tracing::warn!("autovacuum is off on this PostgreSQL server; orderflow will ANALYZE its tables every minute");
+    }
+    let mut last_analyze = std::time::Instant::now();
     loop {
+        if analyze && last_analyze.elapsed() >= Duration::from_secs(60) {
+            let tables = "orders, order_items, order_status_history, processed_events, payments, refunds, parked_events, outbox";
+            if let Err(e) = sqlx::query(&format!("ANALYZE {tables}"))
+                .execute(&pool)
+                .await
+            {
+                tracing::warn!(error = %e, "ANALYZE failed");
+            }
+            last_analyze = std::time::Instant::now();
+        }
         match parked::stats(&pool, max_age).await {
             Ok(stats) => metrics.parked(&stats),
             Err(e) => tracing::debug!(error = %e, "could not read parked-event stats"),

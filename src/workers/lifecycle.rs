@@ -95,17 +95,17 @@ impl Lifecycle {
         let mut facts = store::facts_many(conn, &order_ids)
             .await
             .context("failed to read orders")?;
-        let payment_ids: Vec<&str> = inputs
+        let (payment_ids, statuses): (Vec<&str>, Vec<&str>) = inputs
             .iter()
             .filter_map(|i| match i {
-                Input::Payment(p) => Some(p.payment_id.as_str()),
+                Input::Payment(p) => Some((p.payment_id.as_str(), payment_status_str(p.status))),
                 Input::Cancellation(_) => None,
             })
-            .collect();
+            .unzip();
         let mut seen = if payment_ids.is_empty() {
             Default::default()
         } else {
-            store::payments_seen(conn, &payment_ids)
+            store::payments_seen(conn, &payment_ids, &statuses)
                 .await
                 .context("failed to read payments")?
         };
