@@ -18,7 +18,7 @@ use crate::telemetry::Metrics;
 use crate::workers::checkout::CheckoutHandler;
 use crate::workers::consumer::{self, LoopDeps};
 use crate::workers::emit::Emitter;
-use crate::workers::lifecycle::{CancellationHandler, Lifecycle, PaymentHandler};
+use crate::workers::lifecycle::{Lifecycle, LifecycleHandler};
 use crate::workers::relay::Relay;
 
 /// A part of the service that can be deployed alone (`run --only ...`).
@@ -121,9 +121,7 @@ pub async fn start(settings: Settings, components: &[Component]) -> anyhow::Resu
         ));
     }
     if components.contains(&Component::PaymentConfirmations) {
-        let handler = PaymentHandler {
-            lifecycle: lifecycle.clone(),
-        };
+        let handler = LifecycleHandler::payments(lifecycle.clone());
         expected_consumers.push(loops.spawn(
             "payments consumer",
             &settings.topics.payment_confirmations,
@@ -131,9 +129,7 @@ pub async fn start(settings: Settings, components: &[Component]) -> anyhow::Resu
         ));
     }
     if components.contains(&Component::Cancellations) {
-        let handler = CancellationHandler {
-            lifecycle: lifecycle.clone(),
-        };
+        let handler = LifecycleHandler::cancellations(lifecycle.clone());
         expected_consumers.push(loops.spawn(
             "cancellations consumer",
             &settings.topics.cancellations,

@@ -461,19 +461,50 @@ async fn claim_and_apply(
     Ok(results)
 }
 
-pub struct PaymentHandler {
-    pub lifecycle: Arc<Lifecycle>,
+/// Which lifecycle topic a [`LifecycleHandler`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    Payments,
+    Cancellations,
 }
 
-impl Handler for PaymentHandler {
+/// The handler of the payment-confirmations or the cancellations topic.
+pub struct LifecycleHandler {
+    pub lifecycle: Arc<Lifecycle>,
+    pub kind: InputKind,
+}
+
+impl LifecycleHandler {
+    pub fn payments(lifecycle: Arc<Lifecycle>) -> Self {
+        LifecycleHandler {
+            lifecycle,
+            kind: InputKind::Payments,
+        }
+    }
+
+    pub fn cancellations(lifecycle: Arc<Lifecycle>) -> Self {
+        LifecycleHandler {
+            lifecycle,
+            kind: InputKind::Cancellations,
+        }
+    }
+}
+
+impl Handler for LifecycleHandler {
     type Event = Input;
 
     fn source(&self) -> &'static str {
-        PAYMENT_SOURCE
+        match self.kind {
+            InputKind::Payments => PAYMENT_SOURCE,
+            InputKind::Cancellations => CANCELLATION_SOURCE,
+        }
     }
 
     fn reader_schema(&self) -> &'static apache_avro::Schema {
-        &crate::events::avro::PAYMENT_CONFIRMATION
+        match self.kind {
+            InputKind::Payments => &crate::events::avro::PAYMENT_CONFIRMATION,
+            InputKind::Cancellations => &crate::events::avro::CANCELLATION,
+        }
     }
 
     fn decode(
@@ -482,64 +513,29 @@ impl Handler for PaymentHandler {
         key: Option<&[u8]>,
         payload: &Normalized<'_>,
     ) -> Result<Input, DecodeError> {
-        let p: PaymentConfirmation = codec.decode(payload)?;
-        check_envelope(&p.event_id, &p.order_id, key)?;
-        if p.payment_id.is_empty() || p.payment_id.len() > 128 {
-            return Err(DecodeError::Invalid(
-                "payment_id must be 1 to 128 characters".into(),
-            ));
+        match self.kind {
+            InputKind::Payments => {
+                let p: PaymentConfirmation = codec.decode(payload)?;
+                check_envelope(&p.event_id, &p.order_id, key)?;
+                if p.payment_id.is_empty() || p.payment_id.len() > 128 {
+                    return Err(DecodeError::Invalid(
+                        "payment_id must be 1 to 128 characters".into(),
+                    ));
+                }
+                if p.amount_minor < 0 {
+                    return Err(DecodeError::Invalid(format!(
+                        "amount_minor {} is negative",
+                        p.amount_minor
+                    )));
+                }
+                Ok(Input::Payment(p))
+            }
+            InputKind::Cancellations => {
+                let c: Cancellation = codec.decode(payload)?;
+                check_envelope(&c.event_id, &c.order_id, key)?;
+                Ok(Input::Cancellation(c))
+            }
         }
-        if p.amount_minor < 0 {
-            return Err(DecodeError::Invalid(format!(
-                "amount_minor {} is negative",
-                p.amount_minor
-            )));
-        }
-        Ok(Input::Payment(p))
-    }
-
-    fn order_id<'e>(&self, event: &'e Input) -> &'e str {
-        event.order_id()
-    }
-
-    async fn apply(&self, conn: &mut PgConnection, event: &Input) -> anyhow::Result<Handled> {
-        let mut handled = claim_and_apply(&self.lifecycle, conn, &[event]).await?;
-        handled.pop().context("one result per event")
-    }
-
-    async fn apply_batch<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        events: &'a [&'a Input],
-    ) -> anyhow::Result<Vec<Handled>> {
-        claim_and_apply(&self.lifecycle, conn, events).await
-    }
-}
-
-pub struct CancellationHandler {
-    pub lifecycle: Arc<Lifecycle>,
-}
-
-impl Handler for CancellationHandler {
-    type Event = Input;
-
-    fn source(&self) -> &'static str {
-        CANCELLATION_SOURCE
-    }
-
-    fn reader_schema(&self) -> &'static apache_avro::Schema {
-        &crate::events::avro::CANCELLATION
-    }
-
-    fn decode(
-        &self,
-        codec: &Codec,
-        key: Option<&[u8]>,
-        payload: &Normalized<'_>,
-    ) -> Result<Input, DecodeError> {
-        let c: Cancellation = codec.decode(payload)?;
-        check_envelope(&c.event_id, &c.order_id, key)?;
-        Ok(Input::Cancellation(c))
     }
 
     fn order_id<'e>(&self, event: &'e Input) -> &'e str {

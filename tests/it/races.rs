@@ -8,12 +8,12 @@ use orderflow::events::Codec;
 use orderflow::store::lifecycle::lock_orders;
 use orderflow::workers::checkout::CheckoutHandler;
 use orderflow::workers::emit::Emitter;
-use orderflow::workers::lifecycle::{Input, Lifecycle, PaymentHandler};
+use orderflow::workers::lifecycle::{Input, Lifecycle, LifecycleHandler};
 use orderflow::workers::{Handler, Verdict};
 
 use crate::helpers::{checkout, payment, TestEnv, CHECKOUT_TOTAL};
 
-fn handlers(env: &TestEnv) -> (Arc<CheckoutHandler>, Arc<PaymentHandler>) {
+fn handlers(env: &TestEnv) -> (Arc<CheckoutHandler>, Arc<LifecycleHandler>) {
     let emitter = Emitter::new(
         Codec::new(1 << 20),
         env.settings.topics.order_events.clone(),
@@ -21,7 +21,7 @@ fn handlers(env: &TestEnv) -> (Arc<CheckoutHandler>, Arc<PaymentHandler>) {
     let lifecycle = Arc::new(Lifecycle::new(emitter.clone()));
     (
         Arc::new(CheckoutHandler::new(emitter, lifecycle.clone(), 0)),
-        Arc::new(PaymentHandler { lifecycle }),
+        Arc::new(LifecycleHandler::payments(lifecycle)),
     )
 }
 
