@@ -3,8 +3,10 @@
 //!
 //! Component map:
 //! - [`config`]: settings from the environment, checked at start.
-//! - [`domain`]: pure rules — ids, money, currencies, pricing, statuses.
-//! - [`events`]: wire types and the codec seam (JSON today).
+//! - [`domain`]: pure rules — ids, money, currencies, pricing, statuses, the
+//!   order state machine.
+//! - [`events`]: wire types, Avro schemas and the codec seam (JSON and
+//!   Confluent Avro, detected per message).
 //! - [`store`]: PostgreSQL — orders, inbox (dedupe), outbox, read queries.
 //! - [`workers`]: handlers (pure of Kafka), the generic consumer loop, the
 //!   outbox relay.
@@ -12,6 +14,8 @@
 //! - [`http`]: the read API, health and metrics.
 //! - [`app`]: wiring and graceful shutdown.
 //! - [`produce`]: sample traffic.
+//! - [`schemas`]: `schemas register` / `schemas check` against a registry.
+//! - [`bench`]: the benchmark harness.
 //! - [`telemetry`]: logging and metric definitions.
 
 pub mod app;
