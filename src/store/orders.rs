@@ -35,29 +35,6 @@ pub struct NewOrder<'a> {
     pub lines: &'a [PricedLine],
 }
 
-/// Appends one row to an order's status history.
-pub async fn append_history(
-    conn: &mut PgConnection,
-    order_id: &str,
-    from: Option<OrderStatus>,
-    to: OrderStatus,
-    cause_event_id: &str,
-    reason: Option<&str>,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO order_status_history (order_id, from_status, to_status, cause_event_id, reason)
-         VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(order_id)
-    .bind(from.map(OrderStatus::as_str))
-    .bind(to.as_str())
-    .bind(cause_event_id)
-    .bind(reason)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// Inserts many orders with their lines and first history rows in a fixed
 /// number of statements. Rows whose order id or cart id exists already (in
 /// the table or earlier in `orders`) are skipped; returns the

@@ -1,7 +1,4 @@
-//! Writes order events to the outbox, encoded for `order-events`.
-
-use anyhow::Context;
-use sqlx::PgConnection;
+//! Builds the outbox records of order events, encoded for `order-events`.
 
 use crate::events::{Codec, OrderEvent};
 use crate::store::outbox;
@@ -31,12 +28,5 @@ impl Emitter {
             payload,
             headers: vec![("event_type".into(), event.event_type().into())],
         }
-    }
-
-    pub async fn emit(&self, conn: &mut PgConnection, event: &OrderEvent) -> anyhow::Result<()> {
-        let payload = self.payload(event);
-        outbox::enqueue(conn, &self.record(event, &payload))
-            .await
-            .with_context(|| format!("failed to enqueue {}", event.event_type()))
     }
 }
