@@ -90,11 +90,6 @@ impl Handler for CheckoutHandler {
         &event.order_id
     }
 
-    async fn apply(&self, conn: &mut PgConnection, ev: &CheckoutEvent) -> anyhow::Result<Handled> {
-        let mut handled = self.apply_batch(conn, &[ev]).await?;
-        handled.pop().context("one result per event")
-    }
-
     /// Set-based: a fixed number of statements per batch, whatever its size.
     /// Same results as applying the events one by one, in order.
     async fn apply_batch<'a>(

@@ -542,11 +542,6 @@ impl Handler for LifecycleHandler {
         event.order_id()
     }
 
-    async fn apply(&self, conn: &mut PgConnection, event: &Input) -> anyhow::Result<Handled> {
-        let mut handled = claim_and_apply(&self.lifecycle, conn, &[event]).await?;
-        handled.pop().context("one result per event")
-    }
-
     async fn apply_batch<'a>(
         &'a self,
         conn: &'a mut PgConnection,

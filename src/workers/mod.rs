@@ -77,28 +77,29 @@ pub trait Handler: Send + Sync + 'static {
     /// The order an event belongs to; the loop locks it for the batch.
     fn order_id<'e>(&self, event: &'e Self::Event) -> &'e str;
 
-    /// Applies one event inside the caller's transaction. An `Err` aborts the
-    /// whole batch; the loop retries it (transient) or isolates the message.
-    fn apply(
-        &self,
-        conn: &mut PgConnection,
-        event: &Self::Event,
-    ) -> impl Future<Output = anyhow::Result<Handled>> + Send;
-
     /// Applies a batch in order inside the caller's transaction; one
-    /// [`Handled`] per event. The default applies them one by one; a handler
-    /// may do it set-based, as long as the result is the same.
+    /// [`Handled`] per event. An `Err` aborts the whole batch; the loop
+    /// retries it (transient) or isolates the failing message.
     fn apply_batch<'a>(
         &'a self,
         conn: &'a mut PgConnection,
         events: &'a [&'a Self::Event],
-    ) -> impl Future<Output = anyhow::Result<Vec<Handled>>> + Send + 'a {
+    ) -> impl Future<Output = anyhow::Result<Vec<Handled>>> + Send + 'a;
+
+    /// Applies one event: a batch of one.
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        event: &'a Self::Event,
+    ) -> impl Future<Output = anyhow::Result<Handled>> + Send + 'a {
         async move {
-            let mut out = Vec::with_capacity(events.len());
-            for event in events {
-                out.push(self.apply(&mut *conn, event).await?);
-            }
-            Ok(out)
+            let mut handled = self.apply_batch(conn, std::slice::from_ref(&event)).await?;
+            anyhow::ensure!(
+                handled.len() == 1,
+                "a batch of one gave {} results",
+                handled.len()
+            );
+            Ok(handled.pop().expect("length checked"))
         }
     }
 }
