@@ -195,7 +195,7 @@ impl Currency {
                 code: ACTIVE[i].0,
                 exponent: ACTIVE[i].1,
             })
-            .map_err(|_| UnknownCurrency(truncate(raw, 16)))
+            .map_err(|_| UnknownCurrency(super::truncate_chars(raw, 16)))
     }
 
     pub fn code(&self) -> &'static str {
@@ -217,10 +217,6 @@ impl fmt::Display for Currency {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.code)
     }
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    s.chars().take(max).collect()
 }
 
 #[cfg(test)]

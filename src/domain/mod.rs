@@ -14,3 +14,9 @@ pub use currency::Currency;
 pub use ids::OrderId;
 pub use money::Money;
 pub use status::OrderStatus;
+
+/// The first `max` characters of `s` (never splits a character). Used to
+/// store untrusted text at a bounded size.
+pub fn truncate_chars(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}

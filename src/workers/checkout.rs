@@ -16,13 +16,14 @@ use super::emit::Emitter;
 use super::lifecycle::Lifecycle;
 use super::{check_envelope, Handled, Handler, Tally, Verdict};
 use crate::domain::pricing::{self, PricedOrder, Rejection};
-use crate::domain::OrderStatus;
+use crate::domain::{truncate_chars, OrderStatus};
 use crate::events::{
     Address, CheckoutEvent, Codec, DecodeError, Normalized, OrderEvent, OrderEventBody,
 };
 use crate::store::orders::{self, Amounts, NewOrder};
 use crate::store::pricing_tables::PricingTables;
 use crate::store::{inbox, outbox};
+use crate::telemetry::Outcome;
 
 /// Pricing tables are re-read at most this often (they change rarely, and
 /// re-reading per batch would cost two queries per batch).
@@ -187,11 +188,7 @@ impl Handler for CheckoutHandler {
                     None => Verdict::Duplicate,
                 };
                 outcome_ids.push(ev.event_id.as_str());
-                outcome_names.push(if verdict == Verdict::Duplicate {
-                    "duplicate"
-                } else {
-                    "dead_lettered"
-                });
+                outcome_names.push(verdict.outcome().as_str());
                 results[i] = Some(handled(ev, verdict));
             }
         }
@@ -220,7 +217,7 @@ impl Handler for CheckoutHandler {
                 ),
                 Err(reason) => {
                     outcome_ids.push(ev.event_id.as_str());
-                    outcome_names.push("rejected");
+                    outcome_names.push(Outcome::Rejected.as_str());
                     (
                         OrderStatus::Rejected,
                         OrderEventBody::OrderRejected {
@@ -315,14 +312,10 @@ fn check_fields(ev: &CheckoutEvent) -> Result<(), Rejection> {
 
 /// Strings of a rejected checkout are stored cut to size: they were never
 /// validated, and a rejected order must not become a way to bloat the store.
-fn cut(s: &str) -> String {
-    s.chars().take(MAX_FIELD_LEN).collect()
-}
-
 fn address_json(a: &Address) -> serde_json::Value {
     serde_json::json!({
-        "street": cut(&a.street), "city": cut(&a.city), "state": cut(&a.state),
-        "zip_code": cut(&a.zip_code), "country": cut(&a.country),
+        "street": truncate_chars(&a.street, MAX_FIELD_LEN), "city": truncate_chars(&a.city, MAX_FIELD_LEN), "state": truncate_chars(&a.state, MAX_FIELD_LEN),
+        "zip_code": truncate_chars(&a.zip_code, MAX_FIELD_LEN), "country": truncate_chars(&a.country, MAX_FIELD_LEN),
     })
 }
 
@@ -353,11 +346,11 @@ fn new_order<'a>(
         status,
         currency: match priced {
             Ok(o) => o.currency.code().to_owned(),
-            Err(_) => ev.currency.chars().take(16).collect(),
+            Err(_) => truncate_chars(&ev.currency, 16),
         },
         amounts,
         item_count,
-        payment_method: cut(&ev.payment_method),
+        payment_method: truncate_chars(&ev.payment_method, MAX_FIELD_LEN),
         shipping_address: address_json(&ev.shipping_address),
         billing_address: address_json(&ev.billing_address),
         rejection_reason: rejection,

@@ -458,17 +458,13 @@ impl<H: Handler> BatchProcessor<'_, H> {
                     let handled = handled
                         .next()
                         .context("handler returned fewer results than events")?;
-                    let outcome = match handled.verdict {
-                        Verdict::Applied => Outcome::Applied,
-                        Verdict::Duplicate => Outcome::Duplicate,
-                        Verdict::Rejected => Outcome::Rejected,
-                        Verdict::Parked => Outcome::Parked,
-                        Verdict::Ignored => Outcome::Ignored,
+                    let outcome = match &handled.verdict {
                         Verdict::DeadLetter(reason) => {
-                            self.enqueue_dead_letter(&mut tx, msg, "invalid", &reason)
+                            self.enqueue_dead_letter(&mut tx, msg, "invalid", reason)
                                 .await?;
                             Outcome::DeadLettered
                         }
+                        other => other.outcome(),
                     };
                     (outcome, handled.occurred_at, handled.tally)
                 }

@@ -15,7 +15,7 @@ use sqlx::PgConnection;
 use super::emit::Emitter;
 use super::{check_envelope, Handled, Handler, Tally, Verdict};
 use crate::domain::lifecycle::{self, Decision, Effect};
-use crate::domain::Money;
+use crate::domain::{truncate_chars, Money};
 use crate::events::{
     Cancellation, Codec, DecodeError, Normalized, OrderEvent, OrderEventBody, PaymentConfirmation,
     PaymentStatus,
@@ -157,9 +157,12 @@ impl Lifecycle {
                         status,
                         order_id,
                         amount_minor: p.amount_minor,
-                        currency: cut(&p.currency, 16),
-                        provider: cut(&p.provider, 64),
-                        failure_reason: p.failure_reason.as_deref().map(|r| cut(r, MAX_TEXT)),
+                        currency: truncate_chars(&p.currency, 16),
+                        provider: truncate_chars(&p.provider, 64),
+                        failure_reason: p
+                            .failure_reason
+                            .as_deref()
+                            .map(|r| truncate_chars(r, MAX_TEXT)),
                         disposition: disposition(&decision),
                         event_id: &p.event_id,
                         occurred_at: p.occurred_at,
@@ -169,7 +172,7 @@ impl Lifecycle {
                 Input::Cancellation(c) => lifecycle::decide_cancellation(
                     order,
                     &lifecycle::Cancellation {
-                        reason: cut(&c.reason, MAX_TEXT),
+                        reason: truncate_chars(&c.reason, MAX_TEXT),
                         requested_by: c.requested_by.as_str().to_owned(),
                     },
                 ),
@@ -228,7 +231,7 @@ impl Lifecycle {
                         OrderEventBody::PaymentRejected {
                             payment_id,
                             amount_minor: amount.minor(),
-                            currency: cut(&currency, 16),
+                            currency: truncate_chars(&currency, 16),
                             reason,
                         }
                     }
@@ -238,7 +241,7 @@ impl Lifecycle {
                         currency,
                         reason,
                     } => {
-                        let currency = cut(&currency, 16);
+                        let currency = truncate_chars(&currency, 16);
                         refunds.push(store::Refund {
                             payment_id: payment_id.clone(),
                             order_id,
@@ -358,7 +361,7 @@ impl Lifecycle {
                 .iter()
                 .zip(&applied)
                 .filter(|(i, _)| i.source() == source)
-                .map(|(i, (v, _))| (i.event_id(), outcome_name(v)))
+                .map(|(i, (v, _))| (i.event_id(), v.outcome().as_str()))
                 .unzip();
             inbox::set_outcomes(conn, source, &ids, &names).await?;
         }
@@ -394,21 +397,6 @@ fn disposition(decision: &Decision) -> &'static str {
     } else {
         "IGNORED"
     }
-}
-
-fn outcome_name(verdict: &Verdict) -> &'static str {
-    match verdict {
-        Verdict::Applied => "applied",
-        Verdict::Duplicate => "duplicate",
-        Verdict::Rejected => "rejected",
-        Verdict::Parked => "parked",
-        Verdict::Ignored => "ignored",
-        Verdict::DeadLetter(_) => "dead_lettered",
-    }
-}
-
-fn cut(s: &str, max: usize) -> String {
-    s.chars().take(max).collect()
 }
 
 /// Claims the event ids (a repeat, in the batch or ever, is a duplicate),
@@ -450,7 +438,7 @@ async fn claim_and_apply(
     for (&i, (verdict, tally)) in fresh.iter().zip(applied) {
         if verdict != Verdict::Applied {
             outcome_ids.push(inputs[i].event_id());
-            outcome_names.push(outcome_name(&verdict));
+            outcome_names.push(verdict.outcome().as_str());
         }
         results[i].verdict = verdict;
         results[i].tally = tally;

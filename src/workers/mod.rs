@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use crate::events::{Codec, DecodeError, Normalized};
+use crate::telemetry::Outcome;
 
 /// What applying one event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +30,20 @@ pub enum Verdict {
     /// Decoded but unusable in a way that cannot be recorded against an order
     /// (e.g. its order id belongs to another cart): dead-letter it.
     DeadLetter(String),
+}
+
+impl Verdict {
+    /// The outcome it is counted and recorded as.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Verdict::Applied => Outcome::Applied,
+            Verdict::Duplicate => Outcome::Duplicate,
+            Verdict::Rejected => Outcome::Rejected,
+            Verdict::Parked => Outcome::Parked,
+            Verdict::Ignored => Outcome::Ignored,
+            Verdict::DeadLetter(_) => Outcome::DeadLettered,
+        }
+    }
 }
 
 /// A verdict plus what the loop needs for metrics.
