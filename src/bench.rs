@@ -26,14 +26,29 @@ use crate::workers::emit::Emitter;
 use crate::workers::lifecycle::Lifecycle;
 use crate::workers::Handler;
 
-#[derive(Debug, Clone)]
+/// `orderflow bench` options.
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchOptions {
+    /// Checkouts for the throughput phase (payments and cancellations are added).
+    #[arg(long, default_value_t = 200_000)]
     pub checkouts: u64,
+    /// Checkouts per second in the latency phase.
+    #[arg(long, default_value_t = 1_000)]
     pub latency_rate: u64,
+    /// Length of the latency phase, seconds.
+    #[arg(long, default_value_t = 60)]
     pub latency_secs: u64,
+    /// Length of each HTTP phase, seconds.
+    #[arg(long, default_value_t = 10)]
     pub http_secs: u64,
+    /// Concurrent HTTP connections.
+    #[arg(long, default_value_t = 64)]
     pub http_concurrency: usize,
+    /// Checkouts for the database-ceiling baseline (the naive one uses a fifth).
+    #[arg(long, default_value_t = 20_000)]
     pub baseline_events: u64,
+    /// Print the result as JSON as well.
+    #[arg(long)]
     pub json: bool,
 }
 

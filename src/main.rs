@@ -46,29 +46,7 @@ enum Command {
         command: SchemasCommand,
     },
     /// Measure throughput, latency, HTTP and memory against same-run baselines.
-    Bench {
-        /// Checkouts for the throughput phase (payments and cancellations are added).
-        #[arg(long, default_value_t = 200_000)]
-        checkouts: u64,
-        /// Checkouts per second in the latency phase.
-        #[arg(long, default_value_t = 1_000)]
-        latency_rate: u64,
-        /// Length of the latency phase, seconds.
-        #[arg(long, default_value_t = 60)]
-        latency_secs: u64,
-        /// Length of each HTTP phase, seconds.
-        #[arg(long, default_value_t = 10)]
-        http_secs: u64,
-        /// Concurrent HTTP connections.
-        #[arg(long, default_value_t = 64)]
-        http_concurrency: usize,
-        /// Checkouts for the database-ceiling baseline (the naive one uses a fifth).
-        #[arg(long, default_value_t = 20_000)]
-        baseline_events: u64,
-        /// Print the result as JSON as well.
-        #[arg(long)]
-        json: bool,
-    },
+    Bench(orderflow::bench::BenchOptions),
     /// Send sample checkouts, or the JSON lines of a file, to a topic.
     Produce {
         /// Number of sample checkouts.
@@ -188,24 +166,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<()> {
                 anyhow::bail!("{broken} schema(s) would break consumers");
             }
         }
-        Command::Bench {
-            checkouts,
-            latency_rate,
-            latency_secs,
-            http_secs,
-            http_concurrency,
-            baseline_events,
-            json,
-        } => {
-            let options = orderflow::bench::BenchOptions {
-                checkouts,
-                latency_rate,
-                latency_secs,
-                http_secs,
-                http_concurrency,
-                baseline_events,
-                json,
-            };
+        Command::Bench(options) => {
             let report = orderflow::bench::run(&settings, &options).await?;
             report.print_table();
             if options.json {

@@ -225,19 +225,11 @@ fn compatible(inner: &Inner, subject: &str, version: &str, schema: &str) -> Resp
 }
 
 async fn compatibility(
-    State(s): State<Shared>,
+    state: State<Shared>,
     Path(subject): Path<String>,
-    Json(body): Json<serde_json::Value>,
+    body: Json<serde_json::Value>,
 ) -> Response {
-    if let Some(r) = unavailable(&s) {
-        return r;
-    }
-    compatible(
-        &s.inner.lock().unwrap(),
-        &subject,
-        "latest",
-        body["schema"].as_str().unwrap_or_default(),
-    )
+    compatibility_version(state, Path((subject, "latest".to_owned())), body).await
 }
 
 async fn compatibility_version(
