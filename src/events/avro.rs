@@ -4,11 +4,12 @@
 
 use std::sync::LazyLock;
 
+use anyhow::Context;
 use apache_avro::types::Value;
 use apache_avro::Schema;
 use serde_json::{json, Map, Number, Value as Json};
 
-use super::order_events::{OrderEvent, OrderEventBody};
+use super::order_events::OrderEvent;
 
 fn parse(name: &str, text: &str) -> Schema {
     Schema::parse_str(text)
@@ -109,164 +110,89 @@ pub fn to_json(value: Value) -> Json {
 }
 
 /// An order event as an `OrderEvent` envelope record (`schemas/order-event.avsc`).
-pub fn order_event_value(event: &OrderEvent) -> Value {
-    let s = |v: &str| Value::String(v.to_owned());
-    let l = Value::Long;
-    let some = |index: u32, fields: Vec<(&str, Value)>| {
-        Value::Union(
-            index,
-            Box::new(Value::Record(
-                fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-            )),
-        )
+///
+/// Driven by the schema: the common fields come from the event, and the
+/// variant named by `event_type` (`OrderCreated` → field `order_created`) is
+/// filled from the event body's JSON form, field by field in schema order;
+/// every other variant field is null. A field added to both a body and the
+/// schema therefore needs no change here.
+pub fn order_event_value(event: &OrderEvent) -> anyhow::Result<Value> {
+    let Schema::Record(envelope) = &*ORDER_EVENT else {
+        anyhow::bail!("order-event.avsc is not a record");
     };
-    let (field, variant) = match &event.body {
-        OrderEventBody::OrderCreated {
-            user_id,
-            cart_id,
-            currency,
-            subtotal_minor,
-            tax_minor,
-            shipping_minor,
-            total_minor,
-            item_count,
-            line_count,
-        } => (
-            "order_created",
-            some(
-                1,
-                vec![
-                    ("user_id", l(*user_id)),
-                    ("cart_id", l(*cart_id)),
-                    ("currency", s(currency)),
-                    ("subtotal_minor", l(*subtotal_minor)),
-                    ("tax_minor", l(*tax_minor)),
-                    ("shipping_minor", l(*shipping_minor)),
-                    ("total_minor", l(*total_minor)),
-                    ("item_count", l(*item_count)),
-                    ("line_count", l(*line_count)),
-                ],
-            ),
-        ),
-        OrderEventBody::OrderRejected {
-            user_id,
-            cart_id,
-            reason,
-        } => (
-            "order_rejected",
-            some(
-                1,
-                vec![
-                    ("user_id", l(*user_id)),
-                    ("cart_id", l(*cart_id)),
-                    ("reason", s(reason)),
-                ],
-            ),
-        ),
-        OrderEventBody::OrderPaid {
-            payment_id,
-            amount_minor,
-            currency,
-        } => (
-            "order_paid",
-            some(
-                1,
-                vec![
-                    ("payment_id", s(payment_id)),
-                    ("amount_minor", l(*amount_minor)),
-                    ("currency", s(currency)),
-                ],
-            ),
-        ),
-        OrderEventBody::OrderPaymentFailed { payment_id, reason } => (
-            "order_payment_failed",
-            some(
-                1,
-                vec![("payment_id", s(payment_id)), ("reason", s(reason))],
-            ),
-        ),
-        OrderEventBody::OrderCancelled {
-            reason,
-            requested_by,
-        } => (
-            "order_cancelled",
-            some(
-                1,
-                vec![("reason", s(reason)), ("requested_by", s(requested_by))],
-            ),
-        ),
-        OrderEventBody::RefundRequested {
-            payment_id,
-            amount_minor,
-            currency,
-            reason,
-        } => (
-            "refund_requested",
-            some(
-                1,
-                vec![
-                    ("payment_id", s(payment_id)),
-                    ("amount_minor", l(*amount_minor)),
-                    ("currency", s(currency)),
-                    ("reason", s(reason)),
-                ],
-            ),
-        ),
-        OrderEventBody::PaymentRejected {
-            payment_id,
-            amount_minor,
-            currency,
-            reason,
-        } => (
-            "payment_rejected",
-            some(
-                1,
-                vec![
-                    ("payment_id", s(payment_id)),
-                    ("amount_minor", l(*amount_minor)),
-                    ("currency", s(currency)),
-                    ("reason", s(reason)),
-                ],
-            ),
-        ),
-    };
-    let mut fields = vec![
-        ("event_id".to_owned(), s(&event.event_id)),
-        (
-            "causation_event_id".to_owned(),
-            s(&event.causation_event_id),
-        ),
-        ("order_id".to_owned(), s(&event.order_id)),
-        ("status".to_owned(), s(event.status.as_str())),
-        (
-            "occurred_at".to_owned(),
-            Value::TimestampMillis(event.occurred_at.timestamp_millis()),
-        ),
-        ("event_type".to_owned(), s(event.event_type())),
-    ];
-    for name in [
-        "order_created",
-        "order_rejected",
-        "order_paid",
-        "order_payment_failed",
-        "order_cancelled",
-        "refund_requested",
-        "payment_rejected",
-    ] {
-        let value = if name == field {
-            variant.clone()
-        } else {
-            Value::Union(0, Box::new(Value::Null))
+    let body = serde_json::to_value(&event.body)?;
+    let variant = snake_case(event.event_type());
+    let mut fields = Vec::with_capacity(envelope.fields.len());
+    for field in &envelope.fields {
+        let value = match field.name.as_str() {
+            "event_id" => Value::String(event.event_id.clone()),
+            "causation_event_id" => Value::String(event.causation_event_id.clone()),
+            "order_id" => Value::String(event.order_id.clone()),
+            "status" => Value::String(event.status.as_str().to_owned()),
+            "occurred_at" => Value::TimestampMillis(event.occurred_at.timestamp_millis()),
+            "event_type" => Value::String(event.event_type().to_owned()),
+            name if name == variant => {
+                let Schema::Union(union) = &field.schema else {
+                    anyhow::bail!("order-event.avsc: {name} is not a union");
+                };
+                let record = union
+                    .variants()
+                    .iter()
+                    .position(|s| matches!(s, Schema::Record(_)))
+                    .with_context(|| format!("order-event.avsc: {name} has no record branch"))?;
+                Value::Union(
+                    record as u32,
+                    Box::new(record_from_json(&union.variants()[record], &body)?),
+                )
+            }
+            _ => Value::Union(0, Box::new(Value::Null)),
         };
-        fields.push((name.to_owned(), value));
+        fields.push((field.name.clone(), value));
     }
-    Value::Record(fields)
+    Ok(Value::Record(fields))
+}
+
+/// A record of longs and strings, in schema field order, from a JSON object.
+fn record_from_json(schema: &Schema, json: &Json) -> anyhow::Result<Value> {
+    let Schema::Record(record) = schema else {
+        anyhow::bail!("expected a record schema");
+    };
+    let mut fields = Vec::with_capacity(record.fields.len());
+    for field in &record.fields {
+        let raw = json.get(&field.name);
+        let value = match (&field.schema, raw) {
+            (Schema::Long, Some(Json::Number(n))) => n.as_i64().map(Value::Long),
+            (Schema::String, Some(Json::String(s))) => Some(Value::String(s.clone())),
+            _ => None,
+        }
+        .with_context(|| {
+            format!(
+                "field {} is missing or not a {:?}",
+                field.name, field.schema
+            )
+        })?;
+        fields.push((field.name.clone(), value));
+    }
+    Ok(Value::Record(fields))
+}
+
+/// `OrderCreated` → `order_created`.
+fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::OrderStatus;
+    use crate::events::OrderEventBody;
 
     #[test]
     fn every_schema_file_parses() {
@@ -327,7 +253,7 @@ mod tests {
         ];
         for body in bodies {
             let event = OrderEvent::new("cause", "o-1", OrderStatus::Paid, body);
-            let value = order_event_value(&event);
+            let value = order_event_value(&event).unwrap();
             assert!(
                 value.validate(&ORDER_EVENT),
                 "{} does not fit order-event.avsc",
@@ -338,6 +264,18 @@ mod tests {
             let json = to_json(back);
             assert_eq!(json["event_type"], event.event_type());
             assert_eq!(json["occurred_at"], event.occurred_at.timestamp_millis());
+            // The variant carries exactly the body's fields; the others are null.
+            let mut body = serde_json::to_value(&event.body).unwrap();
+            body.as_object_mut().unwrap().remove("event_type");
+            let variant = snake_case(event.event_type());
+            assert_eq!(json[&variant], body, "{variant}");
+            let non_null = json
+                .as_object()
+                .unwrap()
+                .values()
+                .filter(|v| v.is_object())
+                .count();
+            assert_eq!(non_null, 1, "exactly one variant is set");
         }
     }
 }

@@ -186,7 +186,7 @@ impl Codec {
         let strategy = SubjectNameStrategy::TopicNameStrategy(topic.to_owned(), false);
         registry
             .encoder
-            .encode_value(avro::order_event_value(&event), &strategy)
+            .encode_value(avro::order_event_value(&event)?, &strategy)
             .await
             .map_err(|e| {
                 anyhow::anyhow!(
