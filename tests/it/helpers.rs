@@ -109,12 +109,17 @@ impl TestEnv {
             .expect("produce");
     }
 
+    /// Produces `event` as JSON to `topic`, keyed by `order_id`.
+    pub async fn produce_json(&self, topic: &str, order_id: &str, event: &impl serde::Serialize) {
+        self.produce(topic, Some(order_id), &serde_json::to_vec(event).unwrap())
+            .await;
+    }
+
     pub async fn produce_checkout(&self, checkout: &CheckoutEvent) {
-        let payload = serde_json::to_vec(checkout).unwrap();
-        self.produce(
+        self.produce_json(
             &self.settings.topics.checkouts,
-            Some(&checkout.order_id),
-            &payload,
+            &checkout.order_id,
+            checkout,
         )
         .await;
     }
@@ -238,6 +243,18 @@ impl TestApp {
         (status, body)
     }
 
+    /// Polls `/metrics` until it contains `expected`.
+    pub async fn wait_metric(&self, expected: &str) {
+        let started = Instant::now();
+        while !self.metrics().await.contains(expected) {
+            assert!(
+                started.elapsed() < WAIT,
+                "timed out waiting for {expected:?} in /metrics"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn metrics(&self) -> String {
         self.http
             .get(format!("{}/metrics", self.base))
@@ -309,23 +326,13 @@ pub fn checkout(order_id: &str, cart_id: i64, user_id: i64) -> CheckoutEvent {
 
 impl TestEnv {
     pub async fn produce_payment(&self, p: &PaymentConfirmation) {
-        let payload = serde_json::to_vec(p).unwrap();
-        self.produce(
-            &self.settings.topics.payment_confirmations,
-            Some(&p.order_id),
-            &payload,
-        )
-        .await;
+        self.produce_json(&self.settings.topics.payment_confirmations, &p.order_id, p)
+            .await;
     }
 
     pub async fn produce_cancellation(&self, c: &Cancellation) {
-        let payload = serde_json::to_vec(c).unwrap();
-        self.produce(
-            &self.settings.topics.cancellations,
-            Some(&c.order_id),
-            &payload,
-        )
-        .await;
+        self.produce_json(&self.settings.topics.cancellations, &c.order_id, c)
+            .await;
     }
 
     pub async fn status_of(&self, order_id: &str) -> String {

@@ -118,18 +118,7 @@ async fn health_readiness_and_metrics_report_the_running_service() {
     }
     assert!(!text.contains("m-1"), "an order id leaked into a label");
     // Lag comes from librdkafka statistics, every 500 ms in tests.
-    let started = std::time::Instant::now();
-    while !app
-        .metrics()
-        .await
-        .contains("orderflow_consumer_lag_messages{")
-    {
-        assert!(
-            started.elapsed() < crate::helpers::WAIT,
-            "no consumer lag reported"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    app.wait_metric("orderflow_consumer_lag_messages{").await;
 
     // An HTTP-only deployment expects no consumers and is ready on its own.
     let http_only = env.start_only(&[orderflow::app::Component::Http]).await;

@@ -319,18 +319,7 @@ async fn parked_events_older_than_the_limit_are_reported_not_dropped() {
     env.produce_payment(&payment("never", "p-x", 1)).await;
     env.wait_count("SELECT count(*) FROM parked_events", 1)
         .await;
-    let started = std::time::Instant::now();
-    while !app
-        .metrics()
-        .await
-        .contains("orderflow_parked_events_stale 1")
-    {
-        assert!(
-            started.elapsed() < crate::helpers::WAIT,
-            "stale parked event not reported"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    app.wait_metric("orderflow_parked_events_stale 1").await;
     assert!(app.metrics().await.contains("orderflow_parked_events 1"));
     assert_eq!(env.count("SELECT count(*) FROM parked_events").await, 1);
 
