@@ -257,11 +257,13 @@ impl Handler for CheckoutHandler {
             .iter()
             .map(|(i, _)| events[*i].order_id.as_str())
             .collect();
+        let index_of: std::collections::HashMap<&str, usize> = announced
+            .iter()
+            .map(|(i, _)| (events[*i].order_id.as_str(), *i))
+            .collect();
         for (order_id, t) in self.lifecycle.drain_parked(conn, &created_ids).await? {
-            let i = announced
-                .iter()
-                .map(|(i, _)| *i)
-                .find(|&i| events[i].order_id == order_id)
+            let i = *index_of
+                .get(order_id.as_str())
                 .context("drained order was created in this batch")?;
             let tally = &mut results[i]
                 .as_mut()

@@ -271,12 +271,13 @@ impl Lifecycle {
         store::record_payments(conn, &payments)
             .await
             .context("failed to record payments")?;
-        let mut finals: Vec<(&str, &lifecycle::OrderFacts)> = Vec::new();
-        for t in &transitions {
-            if !finals.iter().any(|(id, _)| *id == t.order_id) {
-                finals.push((t.order_id, &facts[t.order_id]));
-            }
-        }
+        // Each changed order once, with its status after the whole batch.
+        let mut changed = std::collections::HashSet::new();
+        let finals: Vec<(&str, &lifecycle::OrderFacts)> = transitions
+            .iter()
+            .filter(|t| changed.insert(t.order_id))
+            .map(|t| (t.order_id, &facts[t.order_id]))
+            .collect();
         let ids: Vec<&str> = finals.iter().map(|(id, _)| *id).collect();
         let statuses: Vec<&str> = finals.iter().map(|(_, f)| f.status.as_str()).collect();
         let paid_ids: Vec<Option<&str>> = finals
