@@ -84,6 +84,8 @@ pub struct Settings {
     pub http_addr: SocketAddr,
     pub batch_max_messages: usize,
     pub batch_max_wait: Duration,
+    /// Batches (of different partitions) one loop applies at once.
+    pub batch_concurrency: usize,
     pub max_message_bytes: usize,
     pub outbox_poll_interval: Duration,
     pub outbox_batch_size: i64,
@@ -159,7 +161,7 @@ impl Settings {
                 "DATABASE_URL",
                 "postgres://postgres@127.0.0.1:5432/orderflow",
             ),
-            database_max_connections: parse(&lookup, "DATABASE_MAX_CONNECTIONS", 10)?,
+            database_max_connections: parse(&lookup, "DATABASE_MAX_CONNECTIONS", 16)?,
             kafka_brokers: get("KAFKA_BROKERS", "127.0.0.1:9092"),
             kafka_extra: parse_kv_list("KAFKA_CONFIG", &get("KAFKA_CONFIG", ""))?,
             kafka_consumer_extra: parse_kv_list(
@@ -179,7 +181,8 @@ impl Settings {
                 "127.0.0.1:8080".parse().expect("valid default"),
             )?,
             batch_max_messages: parse(&lookup, "BATCH_MAX_MESSAGES", 500)?,
-            batch_max_wait: Duration::from_millis(parse(&lookup, "BATCH_MAX_WAIT_MS", 20)?),
+            batch_max_wait: Duration::from_millis(parse(&lookup, "BATCH_MAX_WAIT_MS", 0)?),
+            batch_concurrency: parse(&lookup, "BATCH_CONCURRENCY", 4)?,
             max_message_bytes: parse(&lookup, "MAX_MESSAGE_BYTES", 1_000_000)?,
             outbox_poll_interval: Duration::from_millis(parse(
                 &lookup,
@@ -211,6 +214,9 @@ impl Settings {
         };
         if self.batch_max_messages == 0 {
             return Err(bad("BATCH_MAX_MESSAGES", "0".into(), "must be at least 1"));
+        }
+        if self.batch_concurrency == 0 {
+            return Err(bad("BATCH_CONCURRENCY", "0".into(), "must be at least 1"));
         }
         if self.database_max_connections < 1 {
             return Err(bad(

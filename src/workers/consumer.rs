@@ -1,27 +1,45 @@
 //! The one consumer loop, generic over a [`Handler`].
 //!
-//! Guarantee: at-least-once consumption with exactly-once effects. For each
-//! partition, messages are collected into batches (at most
-//! `BATCH_MAX_MESSAGES`, at most `BATCH_MAX_WAIT_MS` old); a batch is applied
-//! in one PostgreSQL transaction together with its inbox rows, outbox rows and
-//! dead letters, and only after that commit is the batch's last offset
-//! *stored* for librdkafka's background auto-commit. A crash before the
-//! commit redelivers the batch; the inbox makes the redelivery a no-op.
+//! Guarantee: at-least-once consumption with exactly-once effects. Each
+//! partition's messages are applied in batches (at most `BATCH_MAX_MESSAGES`);
+//! a batch is applied in one PostgreSQL transaction together with its inbox
+//! rows, outbox rows and dead letters, and only after that commit is the
+//! batch's last offset *stored* for librdkafka's background auto-commit. A
+//! crash before the commit redelivers the batch; the inbox makes the
+//! redelivery a no-op.
 //!
-//! Order: a partition's messages are applied strictly in offset order, one
-//! batch at a time; partitions never block each other's correctness.
+//! Batching adapts to the arrival rate: a batch takes everything its
+//! partition has buffered when the partition is free (no batch of it in
+//! flight), after lingering at most `BATCH_MAX_WAIT_MS` (default 0). Under
+//! light load a batch is whatever one fetch brought; under load, whatever
+//! arrived while the previous batch committed, up to the maximum.
 //!
-//! Failures: a transient error (database unreachable) pauses the assignment
-//! and retries the same batch with backoff while still polling, so the member
-//! stays in the group. A permanent error isolates the offending message by
-//! retrying the batch message by message, and dead-letters that one.
+//! Order: a partition has at most one batch in flight, so its messages are
+//! applied strictly in offset order. Batches of different partitions run
+//! concurrently (at most `BATCH_CONCURRENCY` per loop, each on its own
+//! connection); they never share an order, because an order's messages are
+//! keyed to one partition, and the per-order locks taken in a canonical order
+//! keep loops of different topics from deadlocking.
+//!
+//! Memory: at most `BATCH_MAX_MESSAGES × (BATCH_CONCURRENCY + 2)` messages are
+//! buffered; beyond that the loop stops taking messages from librdkafka, whose
+//! own queue is bounded, so the broker holds the rest.
+//!
+//! Failures: a transient error (database unreachable) retries the same batch
+//! with backoff; while any batch is retrying the assignment is paused, and the
+//! loop keeps polling so the member stays in the group. A permanent error
+//! isolates the offending message by retrying the batch message by message,
+//! and dead-letters that one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::Utc;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -87,9 +105,10 @@ impl ClientContext for LoopContext {
 impl ConsumerContext for LoopContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            // The loop is not inside a batch while librdkafka runs this (it
-            // runs within the loop's poll), so every stored offset belongs
-            // to committed work: commit them before the partitions move.
+            // Every stored offset belongs to committed work (offsets are
+            // stored only after a commit), so commit them before the
+            // partitions move. A batch still in flight commits or not; either
+            // way the next owner re-reads it and the inbox skips what landed.
             match consumer.commit_consumer_state(CommitMode::Sync) {
                 Ok(()) => {}
                 Err(e)
@@ -130,25 +149,121 @@ impl RawMessage {
     }
 }
 
-struct PartitionBuffer {
+/// Messages waiting for their partition's next batch, and which partitions
+/// have a batch in flight. Pure bookkeeping: no Kafka, no database.
+struct Buffers {
+    max_messages: usize,
+    linger: Duration,
+    waiting: BTreeMap<i32, Waiting>,
+    in_flight: HashSet<i32>,
+    /// Partitions whose batch was abandoned at shutdown: nothing after it
+    /// may be applied, or its offset would be stored past the gap.
+    abandoned: HashSet<i32>,
+    buffered: usize,
+}
+
+struct Waiting {
     messages: Vec<RawMessage>,
-    /// When the first message arrived: the batch is due `max_wait` later.
+    /// When the oldest waiting message arrived.
     since: Instant,
 }
 
-/// Appends to its partition's buffer; returns that buffer's length.
-fn buffer(buffers: &mut BTreeMap<i32, PartitionBuffer>, raw: RawMessage) -> usize {
-    let buf = buffers
-        .entry(raw.partition)
-        .or_insert_with(|| PartitionBuffer {
-            messages: Vec::new(),
-            since: Instant::now(),
-        });
-    buf.messages.push(raw);
-    buf.messages.len()
+impl Buffers {
+    fn new(max_messages: usize, linger: Duration) -> Self {
+        Buffers {
+            max_messages,
+            linger,
+            waiting: BTreeMap::new(),
+            in_flight: HashSet::new(),
+            abandoned: HashSet::new(),
+            buffered: 0,
+        }
+    }
+
+    fn push(&mut self, raw: RawMessage) {
+        if self.abandoned.contains(&raw.partition) {
+            return;
+        }
+        self.buffered += 1;
+        self.waiting
+            .entry(raw.partition)
+            .or_insert_with(|| Waiting {
+                messages: Vec::new(),
+                since: Instant::now(),
+            })
+            .messages
+            .push(raw);
+    }
+
+    /// Takes the next batch of every free partition that is due: full, or
+    /// lingered long enough (or `force`, at shutdown). At most `room` batches.
+    fn take_due(&mut self, now: Instant, force: bool, room: usize) -> Vec<Vec<RawMessage>> {
+        let due: Vec<i32> = self
+            .waiting
+            .iter()
+            .filter(|(p, w)| {
+                !self.in_flight.contains(p)
+                    && (force
+                        || w.messages.len() >= self.max_messages
+                        || w.since + self.linger <= now)
+            })
+            .map(|(p, _)| *p)
+            .take(room)
+            .collect();
+        let mut batches = Vec::with_capacity(due.len());
+        for partition in due {
+            let waiting = self.waiting.get_mut(&partition).expect("listed above");
+            let batch: Vec<RawMessage> = if waiting.messages.len() > self.max_messages {
+                let rest = waiting.messages.split_off(self.max_messages);
+                waiting.since = now;
+                std::mem::replace(&mut waiting.messages, rest)
+            } else {
+                self.waiting
+                    .remove(&partition)
+                    .expect("listed above")
+                    .messages
+            };
+            self.buffered -= batch.len();
+            self.in_flight.insert(partition);
+            batches.push(batch);
+        }
+        batches
+    }
+
+    /// When the earliest lingering batch of a free partition falls due.
+    fn next_due(&self) -> Option<Instant> {
+        self.waiting
+            .iter()
+            .filter(|(p, _)| !self.in_flight.contains(p))
+            .map(|(_, w)| w.since + self.linger)
+            .min()
+    }
+
+    fn finished(&mut self, partition: i32, committed: bool) {
+        self.in_flight.remove(&partition);
+        if !committed {
+            self.abandoned.insert(partition);
+            if let Some(w) = self.waiting.remove(&partition) {
+                self.buffered -= w.messages.len();
+            }
+        }
+    }
+
+    fn drop_partition(&mut self, partition: i32) -> usize {
+        let dropped = self
+            .waiting
+            .remove(&partition)
+            .map_or(0, |w| w.messages.len());
+        self.buffered -= dropped;
+        dropped
+    }
+
+    fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
 }
 
-/// Runs the loop for `topic` until `shutdown`; then finishes the batch in
+/// Runs the loop for `topic` until `shutdown`; then finishes the batches in
 /// hand, commits offsets and leaves the group.
 pub async fn run<H: Handler>(
     deps: LoopDeps,
@@ -174,57 +289,75 @@ pub async fn run<H: Handler>(
         handler: &*handler,
         topic: &topic,
         dlq_topic: &dlq_topic,
+        retrying: AtomicUsize::new(0),
     };
     deps.metrics.set_consumer_up(&topic, true);
     info!(%topic, group = %deps.settings.group_for(&topic), "consumer loop started");
 
-    let max_messages = deps.settings.batch_max_messages;
-    let max_wait = deps.settings.batch_max_wait;
-    let mut buffers: BTreeMap<i32, PartitionBuffer> = BTreeMap::new();
+    let settings = &deps.settings;
+    let concurrency = settings.batch_concurrency;
+    let capacity = settings.batch_max_messages * (concurrency + 2);
+    let mut buffers = Buffers::new(settings.batch_max_messages, settings.batch_max_wait);
+    let mut in_flight = FuturesUnordered::new();
+    let mut stream = consumer.stream();
+    let mut paused: Option<TopicPartitionList> = None;
     let mut recv_errors: u32 = 0;
 
     loop {
-        let deadline = buffers.values().map(|b| b.since + max_wait).min();
+        for batch in buffers.take_due(Instant::now(), false, concurrency - in_flight.len()) {
+            in_flight.push(processor.apply_until_committed(batch, &shutdown));
+        }
+        pause_while_retrying(&consumer, &processor, &mut paused, &topic);
+        // Only a free slot can start a lingering batch.
+        let deadline = (in_flight.len() < concurrency)
+            .then(|| buffers.next_due())
+            .flatten();
+        // Keep polling while paused: it keeps the member in the group.
+        let receive = buffers.buffered < capacity || paused.is_some();
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            _ = sleep_until_opt(deadline) => {
-                let now = Instant::now();
-                let due: Vec<i32> = buffers.iter().filter(|(_, b)| b.since + max_wait <= now).map(|(p, _)| *p).collect();
-                for partition in due {
-                    if let Some(buf) = buffers.remove(&partition) {
-                        processor.apply_with_retry(&consumer, buf.messages, &mut buffers, &shutdown).await;
-                    }
-                }
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                processor.finish(&consumer, done, &mut buffers);
             }
-            received = consumer.recv() => match received {
-                Ok(msg) => {
-                    recv_errors = 0;
-                    let raw = RawMessage::detach(&msg);
-                    drop(msg);
-                    let partition = raw.partition;
-                    if buffer(&mut buffers, raw) >= max_messages {
-                        let buf = buffers.remove(&partition).expect("buffer just filled");
-                        processor.apply_with_retry(&consumer, buf.messages, &mut buffers, &shutdown).await;
+            _ = sleep_until_opt(deadline) => {}
+            received = stream.next(), if receive => {
+                match received.expect("Kafka streams never end") {
+                    Ok(msg) => {
+                        recv_errors = 0;
+                        buffers.push(RawMessage::detach(&msg));
+                        // Take everything already fetched: that is the batch.
+                        while buffers.buffered < capacity {
+                            match stream.next().now_or_never() {
+                                Some(Some(Ok(msg))) => buffers.push(RawMessage::detach(&msg)),
+                                _ => break,
+                            }
+                        }
                     }
-                }
-                Err(e) => {
-                    recv_errors += 1;
-                    warn!(%topic, error = %e, "Kafka consumer error");
-                    tokio::time::sleep(backoff(recv_errors.min(8))).await;
+                    Err(e) => {
+                        recv_errors += 1;
+                        warn!(%topic, error = %e, "Kafka consumer error");
+                        tokio::time::sleep(backoff(recv_errors.min(8))).await;
+                    }
                 }
             }
         }
         drop_revoked(&consumer, &mut buffers);
     }
 
-    // Finish what is in hand, then commit what it stored.
-    let pending: Vec<_> = std::mem::take(&mut buffers).into_values().collect();
-    for buf in pending {
-        processor
-            .apply_with_retry(&consumer, buf.messages, &mut buffers, &shutdown)
-            .await;
+    // Finish what is in hand, then commit what it stored. A batch that is
+    // retrying gives up at once (shutdown is set) and is redelivered later.
+    loop {
+        for batch in buffers.take_due(Instant::now(), true, concurrency - in_flight.len()) {
+            in_flight.push(processor.apply_until_committed(batch, &shutdown));
+        }
+        match in_flight.next().await {
+            Some(done) => processor.finish(&consumer, done, &mut buffers),
+            None if buffers.is_empty() => break,
+            None => {}
+        }
     }
+    drop(stream);
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => {}
         Err(e) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::NoOffset) => {}
@@ -240,10 +373,31 @@ pub async fn run<H: Handler>(
     Ok(())
 }
 
-fn drop_revoked(
+/// Pauses the whole assignment while any batch is retrying a transient
+/// failure (so the buffers stop growing), and resumes it afterwards.
+fn pause_while_retrying<H>(
     consumer: &StreamConsumer<LoopContext>,
-    buffers: &mut BTreeMap<i32, PartitionBuffer>,
+    processor: &BatchProcessor<'_, H>,
+    paused: &mut Option<TopicPartitionList>,
+    topic: &str,
 ) {
+    let retrying = processor.retrying.load(Ordering::Relaxed) > 0;
+    if retrying && paused.is_none() {
+        if let Ok(assignment) = consumer.assignment() {
+            if consumer.pause(&assignment).is_ok() {
+                *paused = Some(assignment);
+            }
+        }
+    } else if !retrying {
+        if let Some(assignment) = paused.take() {
+            if let Err(e) = consumer.resume(&assignment) {
+                error!(topic, error = %e, "failed to resume partitions");
+            }
+        }
+    }
+}
+
+fn drop_revoked(consumer: &StreamConsumer<LoopContext>, buffers: &mut Buffers) {
     let revoked = std::mem::take(
         &mut *consumer
             .context()
@@ -252,11 +406,11 @@ fn drop_revoked(
             .expect("revoked list lock"),
     );
     for partition in revoked {
-        if let Some(buf) = buffers.remove(&partition) {
+        let dropped = buffers.drop_partition(partition);
+        if dropped > 0 {
             debug!(
                 partition,
-                dropped = buf.messages.len(),
-                "dropped buffered messages of a revoked partition"
+                dropped, "dropped buffered messages of a revoked partition"
             );
         }
     }
@@ -279,6 +433,8 @@ struct BatchProcessor<'a, H> {
     handler: &'a H,
     topic: &'a str,
     dlq_topic: &'a str,
+    /// Batches currently backing off after a transient failure.
+    retrying: AtomicUsize,
 }
 
 /// Per-message results of one committed batch.
@@ -286,81 +442,81 @@ struct BatchReport {
     outcomes: Vec<(Outcome, Option<chrono::DateTime<Utc>>, Tally)>,
 }
 
+/// A batch that left flight: committed (with its report) or abandoned.
+struct Done {
+    partition: i32,
+    last_offset: i64,
+    size: usize,
+    took: Duration,
+    report: Option<BatchReport>,
+}
+
 impl<H: Handler> BatchProcessor<'_, H> {
-    /// Applies one partition's batch, retrying transient failures until it
-    /// commits or shutdown is requested, then stores its offset. Messages
-    /// that arrive while retrying are buffered behind it.
-    async fn apply_with_retry(
+    /// Applies one partition's batch, retrying transient failures with
+    /// backoff until it commits, or until shutdown (then `report` is None).
+    async fn apply_until_committed(
         &self,
-        consumer: &StreamConsumer<LoopContext>,
         batch: Vec<RawMessage>,
-        buffers: &mut BTreeMap<i32, PartitionBuffer>,
         shutdown: &CancellationToken,
-    ) {
-        let Some(last) = batch.last() else { return };
+    ) -> Done {
+        let last = batch.last().expect("batches are never empty");
         let (partition, last_offset) = (last.partition, last.offset);
         let mut attempt = 0u32;
-        let mut paused: Option<TopicPartitionList> = None;
-        loop {
+        let report = loop {
             let started = Instant::now();
-            match self.apply_isolating(&batch).await {
+            let err = match self.apply_isolating(&batch).await {
                 Ok(report) => {
-                    self.deps
-                        .metrics
-                        .batch_committed(self.topic, batch.len(), started.elapsed());
-                    let now = Utc::now();
-                    for (outcome, occurred_at, tally) in report.outcomes {
-                        self.deps.metrics.message_handled(self.topic, outcome);
-                        self.deps.metrics.tally(&tally);
-                        if let Some(at) = occurred_at {
-                            self.deps
-                                .metrics
-                                .end_to_end(self.topic, (now - at).to_std().unwrap_or_default());
-                        }
+                    if attempt > 0 {
+                        self.retrying.fetch_sub(1, Ordering::Relaxed);
                     }
-                    self.deps.outbox_wakeup.notify_one();
-                    // Offset last: only now may Kafka forget these messages.
-                    if let Err(e) = consumer.store_offset(self.topic, partition, last_offset) {
-                        // The partition was revoked meanwhile; its next owner
-                        // re-reads the batch and the inbox skips it.
-                        debug!(topic = self.topic, partition, error = %e, "could not store offset");
-                    }
-                    break;
+                    break Some((report, started.elapsed()));
                 }
-                Err(e) => {
-                    attempt += 1;
-                    let wait = backoff(attempt);
-                    self.deps.metrics.transient_failure(self.topic, &e, wait);
-                    if paused.is_none() {
-                        if let Ok(assignment) = consumer.assignment() {
-                            if consumer.pause(&assignment).is_ok() {
-                                paused = Some(assignment);
-                            }
-                        }
-                    }
-                    // Keep polling while we wait: it keeps the member in the
-                    // group; anything that still arrives queues behind us.
-                    let sleep = tokio::time::sleep(wait);
-                    tokio::pin!(sleep);
-                    loop {
-                        tokio::select! {
-                            _ = &mut sleep => break,
-                            _ = shutdown.cancelled() => {
-                                warn!(topic = self.topic, partition, "shutting down with an uncommitted batch; it will be redelivered");
-                                return;
-                            }
-                            received = consumer.recv() => if let Ok(msg) = received {
-                                buffer(buffers, RawMessage::detach(&msg));
-                            }
-                        }
-                    }
+                Err(e) => e,
+            };
+            if attempt == 0 {
+                self.retrying.fetch_add(1, Ordering::Relaxed);
+            }
+            attempt += 1;
+            let wait = backoff(attempt);
+            self.deps.metrics.transient_failure(self.topic, &err, wait);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.cancelled() => {
+                    self.retrying.fetch_sub(1, Ordering::Relaxed);
+                    warn!(topic = self.topic, partition, "shutting down with an uncommitted batch; it will be redelivered");
+                    break None;
                 }
+            }
+        };
+        Done {
+            partition,
+            last_offset,
+            size: batch.len(),
+            took: report.as_ref().map_or(Duration::ZERO, |(_, took)| *took),
+            report: report.map(|(r, _)| r),
+        }
+    }
+
+    /// Reports a batch that left flight and, if it committed, stores its
+    /// offset: only now may Kafka forget these messages.
+    fn finish(&self, consumer: &StreamConsumer<LoopContext>, done: Done, buffers: &mut Buffers) {
+        buffers.finished(done.partition, done.report.is_some());
+        let Some(report) = done.report else { return };
+        let metrics = &self.deps.metrics;
+        metrics.batch_committed(self.topic, done.size, done.took);
+        let now = Utc::now();
+        for (outcome, occurred_at, tally) in report.outcomes {
+            metrics.message_handled(self.topic, outcome);
+            metrics.tally(&tally);
+            if let Some(at) = occurred_at {
+                metrics.end_to_end(self.topic, (now - at).to_std().unwrap_or_default());
             }
         }
-        if let Some(assignment) = paused {
-            if let Err(e) = consumer.resume(&assignment) {
-                error!(topic = self.topic, error = %e, "failed to resume partitions");
-            }
+        self.deps.outbox_wakeup.notify_one();
+        if let Err(e) = consumer.store_offset(self.topic, done.partition, done.last_offset) {
+            // The partition was revoked meanwhile; its next owner re-reads
+            // the batch and the inbox skips it.
+            debug!(topic = self.topic, partition = done.partition, error = %e, "could not store offset");
         }
     }
 
@@ -511,5 +667,97 @@ impl<H: Handler> BatchProcessor<'_, H> {
             .await?;
         tx.commit().await.context("failed to commit dead letter")?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(partition: i32, offset: i64) -> RawMessage {
+        RawMessage {
+            partition,
+            offset,
+            key: None,
+            payload: None,
+        }
+    }
+
+    fn offsets(batch: &[RawMessage]) -> Vec<i64> {
+        batch.iter().map(|m| m.offset).collect()
+    }
+
+    #[test]
+    fn one_batch_per_partition_in_flight_split_at_the_maximum() {
+        let mut b = Buffers::new(3, Duration::ZERO);
+        for offset in 0..5 {
+            b.push(msg(0, offset));
+        }
+        b.push(msg(1, 0));
+        let now = Instant::now();
+        let batches = b.take_due(now, false, 8);
+        assert_eq!(batches.len(), 2);
+        assert_eq!(offsets(&batches[0]), [0, 1, 2]);
+        assert_eq!(offsets(&batches[1]), [0]);
+        assert_eq!(b.buffered, 2);
+        // Partition 0's rest waits for its batch in flight, whatever the room.
+        assert!(b.take_due(now, true, 8).is_empty());
+        b.finished(0, true);
+        let next = b.take_due(now, false, 8);
+        assert_eq!(next.len(), 1);
+        assert_eq!(offsets(&next[0]), [3, 4]);
+        assert_eq!(b.buffered, 0);
+    }
+
+    #[test]
+    fn room_limits_the_batches_started() {
+        let mut b = Buffers::new(10, Duration::ZERO);
+        for partition in 0..4 {
+            b.push(msg(partition, 0));
+        }
+        assert_eq!(b.take_due(Instant::now(), false, 2).len(), 2);
+        assert_eq!(b.take_due(Instant::now(), false, 0).len(), 0);
+        assert_eq!(b.take_due(Instant::now(), false, 5).len(), 2);
+    }
+
+    #[test]
+    fn a_partial_batch_lingers_until_due_unless_forced() {
+        let linger = Duration::from_millis(50);
+        let mut b = Buffers::new(10, linger);
+        b.push(msg(0, 0));
+        let now = Instant::now();
+        assert!(b.take_due(now, false, 4).is_empty());
+        let due = b.next_due().expect("a lingering batch");
+        assert!(due > now && due <= now + linger);
+        assert_eq!(b.take_due(now, true, 4).len(), 1, "forced at shutdown");
+
+        b.finished(0, true);
+        b.push(msg(0, 1));
+        assert_eq!(b.take_due(Instant::now() + linger, false, 4).len(), 1);
+    }
+
+    #[test]
+    fn nothing_after_an_abandoned_batch_is_applied() {
+        let mut b = Buffers::new(2, Duration::ZERO);
+        b.push(msg(0, 0));
+        b.push(msg(0, 1));
+        assert_eq!(b.take_due(Instant::now(), false, 4).len(), 1);
+        b.push(msg(0, 2));
+        b.finished(0, false);
+        b.push(msg(0, 3));
+        assert!(b.is_empty());
+        assert_eq!(b.buffered, 0);
+        assert!(b.take_due(Instant::now(), true, 4).is_empty());
+    }
+
+    #[test]
+    fn revoked_partitions_lose_their_buffer_only() {
+        let mut b = Buffers::new(5, Duration::from_secs(1));
+        b.push(msg(0, 0));
+        b.push(msg(1, 0));
+        b.push(msg(1, 1));
+        assert_eq!(b.drop_partition(1), 2);
+        assert_eq!(b.buffered, 1);
+        assert_eq!(b.drop_partition(7), 0);
     }
 }

@@ -200,7 +200,9 @@ async fn killed_twice_mid_stream_the_outcome_matches_the_model() {
     let producing = tokio::spawn(async move {
         for (n, msg) in stream.iter().enumerate() {
             match msg {
-                Msg::Checkout(c) => producer_env.produce_checkout(c).await,
+                Msg::Checkout(c) => {
+                    producer_env.produce_checkout(c).await;
+                }
                 Msg::Payment(p) => producer_env.produce_payment(p).await,
                 Msg::Cancel(c) => producer_env.produce_cancellation(c).await,
             }

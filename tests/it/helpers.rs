@@ -97,7 +97,8 @@ impl TestEnv {
         }
     }
 
-    pub async fn produce(&self, topic: &str, key: Option<&str>, payload: &[u8]) {
+    /// Produces one record; returns its (partition, offset).
+    pub async fn produce(&self, topic: &str, key: Option<&str>, payload: &[u8]) -> (i32, i64) {
         let mut record = rdkafka::producer::FutureRecord::<str, [u8]>::to(topic).payload(payload);
         if let Some(k) = key {
             record = record.key(k);
@@ -105,23 +106,30 @@ impl TestEnv {
         self.producer
             .send(record, Duration::from_secs(10))
             .await
+            .map(|d| (d.partition, d.offset))
             .map_err(|(e, _)| e)
-            .expect("produce");
+            .expect("produce")
     }
 
     /// Produces `event` as JSON to `topic`, keyed by `order_id`.
-    pub async fn produce_json(&self, topic: &str, order_id: &str, event: &impl serde::Serialize) {
+    pub async fn produce_json(
+        &self,
+        topic: &str,
+        order_id: &str,
+        event: &impl serde::Serialize,
+    ) -> (i32, i64) {
         self.produce(topic, Some(order_id), &serde_json::to_vec(event).unwrap())
-            .await;
+            .await
     }
 
-    pub async fn produce_checkout(&self, checkout: &CheckoutEvent) {
+    /// Produces a checkout; returns its (partition, offset).
+    pub async fn produce_checkout(&self, checkout: &CheckoutEvent) -> (i32, i64) {
         self.produce_json(
             &self.settings.topics.checkouts,
             &checkout.order_id,
             checkout,
         )
-        .await;
+        .await
     }
 
     /// Polls `query` (a scalar count) until it returns `expected`.

@@ -8,6 +8,7 @@ mod crash;
 mod helpers;
 mod http_api;
 mod lifecycle;
+mod partitions;
 mod races;
 mod registry_double;
 mod restart;
