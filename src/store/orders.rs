@@ -35,6 +35,32 @@ pub struct NewOrder<'a> {
     pub lines: &'a [PricedLine],
 }
 
+/// The `orders.items` document: the lines as the API shows them.
+fn items_json(lines: &[PricedLine]) -> String {
+    #[derive(serde::Serialize)]
+    struct Item<'a> {
+        line_no: usize,
+        sku: &'a str,
+        name: &'a str,
+        quantity: i32,
+        unit_price_minor: i64,
+        line_total_minor: i64,
+    }
+    let items: Vec<Item<'_>> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| Item {
+            line_no: i + 1,
+            sku: &l.sku,
+            name: &l.name,
+            quantity: l.quantity,
+            unit_price_minor: l.unit_price.minor(),
+            line_total_minor: l.line_total.minor(),
+        })
+        .collect();
+    serde_json::to_string(&items).expect("plain structs serialize")
+}
+
 /// Inserts many orders with their lines and first history rows in a fixed
 /// number of statements. Rows whose order id or cart id exists already (in
 /// the table or earlier in `orders`) are skipped; returns the
@@ -71,15 +97,16 @@ pub async fn insert_many(
     let event_ids: Vec<&str> = orders.iter().map(|o| o.checkout_event_id).collect();
     let occurred: Vec<chrono::DateTime<chrono::Utc>> =
         orders.iter().map(|o| o.checkout_occurred_at).collect();
+    let items: Vec<String> = orders.iter().map(|o| items_json(o.lines)).collect();
     let created: Vec<String> = sqlx::query_scalar(
         "INSERT INTO orders (order_id, cart_id, user_id, status, currency, subtotal_minor, tax_minor,
              tax_rate_ppm, shipping_minor, total_minor, item_count, payment_method, shipping_address,
-             billing_address, rejection_reason, checkout_event_id, checkout_occurred_at)
-         SELECT o, c, u, s, cur, sub, tax, rate::int, ship, tot, items, pm, sa::jsonb, ba::jsonb, r, e, at
+             billing_address, rejection_reason, checkout_event_id, checkout_occurred_at, items)
+         SELECT o, c, u, s, cur, sub, tax, rate::int, ship, tot, n, pm, sa::jsonb, ba::jsonb, r, e, at, it::json
          FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::bigint[], $7::bigint[],
                      $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::text[], $13::text[],
-                     $14::text[], $15::text[], $16::text[], $17::timestamptz[])
-              AS t(o, c, u, s, cur, sub, tax, rate, ship, tot, items, pm, sa, ba, r, e, at)
+                     $14::text[], $15::text[], $16::text[], $17::timestamptz[], $18::text[])
+              AS t(o, c, u, s, cur, sub, tax, rate, ship, tot, n, pm, sa, ba, r, e, at, it)
          ON CONFLICT DO NOTHING RETURNING checkout_event_id",
     )
     .bind(&order_ids)
@@ -99,6 +126,7 @@ pub async fn insert_many(
     .bind(&reasons)
     .bind(&event_ids)
     .bind(&occurred)
+    .bind(&items)
     .fetch_all(&mut *conn)
     .await?;
     let created: std::collections::HashSet<String> = created.into_iter().collect();

@@ -13,11 +13,7 @@ const ORDER_FIELDS: &str = "
     'shipping_address', o.shipping_address, 'billing_address', o.billing_address,
     'rejection_reason', o.rejection_reason, 'checkout_event_id', o.checkout_event_id,
     'checkout_occurred_at', o.checkout_occurred_at, 'created_at', o.created_at, 'updated_at', o.updated_at,
-    'items', COALESCE((
-        SELECT json_agg(json_build_object('line_no', i.line_no, 'sku', i.sku, 'name', i.name,
-            'quantity', i.quantity, 'unit_price_minor', i.unit_price_minor,
-            'line_total_minor', i.line_total_minor) ORDER BY i.line_no)
-        FROM order_items i WHERE i.order_id = o.order_id), '[]'::json)";
+    'items', o.items";
 
 /// The whole order with items and status history, as a JSON document.
 pub async fn order_detail(pool: &PgPool, order_id: &str) -> sqlx::Result<Option<String>> {
