@@ -6,7 +6,6 @@
 //! child process (so its RSS is the worker's alone), and drops the database
 //! at the end. Run it from a release build: `cargo run --release -- bench`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,9 +20,10 @@ use crate::config::{Settings, Topics};
 use crate::events::{
     Cancellation, CheckoutEvent, Codec, PaymentConfirmation, PaymentStatus, RequestedBy,
 };
+use crate::store::pricing_tables::PricingTables;
 use crate::workers::checkout::CheckoutHandler;
 use crate::workers::emit::Emitter;
-use crate::workers::lifecycle::Lifecycle;
+use crate::workers::lifecycle::{Input, Lifecycle, LifecycleHandler};
 use crate::workers::Handler;
 
 /// `orderflow bench` options.
@@ -41,15 +41,19 @@ pub struct BenchOptions {
     /// Length of each HTTP phase, seconds.
     #[arg(long, default_value_t = 10)]
     pub http_secs: u64,
-    /// Concurrent HTTP connections.
-    #[arg(long, default_value_t = 64)]
-    pub http_concurrency: usize,
+    /// Concurrent HTTP connections; each route is measured at each level.
+    #[arg(long, value_delimiter = ',', default_value = "8,32,64")]
+    pub http_concurrency: Vec<usize>,
     /// Checkouts for the database-ceiling baseline (the naive one uses a fifth).
     #[arg(long, default_value_t = 20_000)]
     pub baseline_events: u64,
     /// Print the result as JSON as well.
     #[arg(long)]
     pub json: bool,
+    /// The orderflow binary to run as the worker (default: this one), to
+    /// compare two builds under the same harness.
+    #[arg(long)]
+    pub worker: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -60,6 +64,8 @@ pub struct Report {
     pub throughput_checkouts_per_s: f64,
     pub outbox_drained_s: f64,
     pub db_ceiling_checkouts_per_s: f64,
+    /// The same mix of events as the throughput phase.
+    pub db_ceiling_events_per_s: f64,
     pub naive_checkouts_per_s: f64,
     pub ratio_to_db_ceiling: f64,
     pub ratio_to_naive: f64,
@@ -72,17 +78,25 @@ pub struct Report {
     /// Produce → consume through the broker alone at the same rate.
     pub broker_floor_p50_ms: f64,
     pub broker_floor_p99_ms: f64,
-    pub http_status_rps: f64,
-    pub http_status_p50_ms: f64,
-    pub http_status_p99_ms: f64,
-    pub http_history_rps: f64,
-    pub http_history_p50_ms: f64,
-    pub http_history_p99_ms: f64,
+    /// Each route at each concurrency level.
+    pub http: Vec<HttpRun>,
     pub worker_peak_rss_mb: f64,
     pub worker_rss_after_throughput_mb: f64,
     pub worker_rss_end_mb: f64,
     /// Messages per committed transaction in the throughput phase, by topic.
     pub mean_batch_size: Vec<(String, f64)>,
+}
+
+/// One route under closed-loop load: `connections` clients, each sending its
+/// next request as soon as the last is answered.
+#[derive(Debug, Default, Serialize)]
+pub struct HttpRun {
+    pub route: String,
+    pub connections: usize,
+    pub requests_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub errors: u64,
 }
 
 fn progress(msg: impl AsRef<str>) {
@@ -93,9 +107,15 @@ fn progress(msg: impl AsRef<str>) {
 struct Bench {
     settings: Settings,
     pool: PgPool,
+    /// Bulk loading: long linger, big batches.
     producer: FutureProducer,
+    /// The latency phases: the worker's own producer defaults, as an
+    /// upstream service would send single events.
+    latency_producer: FutureProducer,
     worker: Option<tokio::process::Child>,
     http: String,
+    /// The fresh database's tax and shipping tables, to pay the right totals.
+    tables: PricingTables,
 }
 
 pub async fn run(base: &Settings, options: &BenchOptions) -> anyhow::Result<Report> {
@@ -123,13 +143,22 @@ pub async fn run(base: &Settings, options: &BenchOptions) -> anyhow::Result<Repo
         .set("queue.buffering.max.messages", "1000000")
         .set("compression.type", "lz4");
     let producer: FutureProducer = producer_config.create().context("bench producer")?;
+    let latency_producer: FutureProducer = crate::kafka::producer_config(&settings)
+        .create()
+        .context("bench latency producer")?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
+    let tables = {
+        let mut conn = pool.acquire().await?;
+        PricingTables::load(&mut conn, settings.default_tax_rate_ppm).await?
+    };
     let mut bench = Bench {
+        tables,
         settings,
         pool,
         producer,
+        latency_producer,
         worker: None,
         http: format!("http://127.0.0.1:{port}"),
     };
@@ -154,13 +183,16 @@ impl Bench {
 
         // Baselines first, on their own database rows, with the same handler code.
         progress(format!(
-            "baseline: database ceiling ({} checkouts, batches of 500, no Kafka)",
-            o.baseline_events
+            "baseline: database ceiling ({} checkouts with their payments and cancellations, batches of {}, no Kafka)",
+            o.baseline_events, self.settings.batch_max_messages
         ));
-        report.db_ceiling_checkouts_per_s = self.db_ceiling(o.baseline_events).await?;
+        (
+            report.db_ceiling_checkouts_per_s,
+            report.db_ceiling_events_per_s,
+        ) = self.db_ceiling(o.baseline_events).await?;
         progress(format!(
-            "  {:.0} checkouts/s",
-            report.db_ceiling_checkouts_per_s
+            "  {:.0} events/s ({:.0} checkouts/s)",
+            report.db_ceiling_events_per_s, report.db_ceiling_checkouts_per_s
         ));
         let naive_n = (o.baseline_events / 5).max(200);
         progress(format!("baseline: naive design ({naive_n} checkouts, one transaction + one synchronous produce each)"));
@@ -172,7 +204,7 @@ impl Bench {
         report.total_events = total;
         let already = self.processed().await?;
         progress(format!("produced {total} events; starting the worker"));
-        self.start_worker(port).await?;
+        self.start_worker(port, o.worker.as_deref()).await?;
         let started = Instant::now();
         let target = already + total as i64;
         let mut last_report = Instant::now();
@@ -216,7 +248,7 @@ impl Bench {
             report.mean_batch_size
         ));
         report.ratio_to_db_ceiling =
-            report.throughput_checkouts_per_s / report.db_ceiling_checkouts_per_s;
+            report.throughput_events_per_s / report.db_ceiling_events_per_s;
         report.ratio_to_naive = report.throughput_checkouts_per_s / report.naive_checkouts_per_s;
 
         // 2. Latency at a fixed rate.
@@ -224,36 +256,36 @@ impl Bench {
             "latency: {} checkouts/s for {} s",
             o.latency_rate, o.latency_secs
         ));
-        let marker = chrono::Utc::now();
+        // Measured by the worker itself after each commit (occurred_at → commit),
+        // as the difference of its histogram across the phase.
+        let before = self.latency_histogram().await?;
         let n = self.produce_at_rate(o.latency_rate, o.latency_secs).await?;
         report.latency_events = n;
-        let want = n as i64;
         let waited = Instant::now();
-        while self
-            .count_since("SELECT count(*) FROM orders WHERE cart_id >= 900000000000 AND checkout_occurred_at >= $1", marker)
-            .await?
-            < want
-        {
+        let latencies = loop {
+            let h = self.latency_histogram().await?.minus(&before);
+            if h.count() >= n {
+                break h;
+            }
             if waited.elapsed() > Duration::from_secs(120) {
-                bail!("latency phase did not finish");
+                bail!(
+                    "latency phase did not finish: {} of {n} committed",
+                    h.count()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let (p50, p95, p99, max): (f64, f64, f64, f64) = sqlx::query_as(
-            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.95) WITHIN GROUP (ORDER BY ms),
-                    percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), max(ms)
-             FROM (SELECT (EXTRACT(EPOCH FROM created_at - checkout_occurred_at) * 1000)::float8 AS ms
-                   FROM orders WHERE cart_id >= 900000000000 AND checkout_occurred_at >= $1) l",
-        )
-        .bind(marker)
-        .fetch_one(&self.pool)
-        .await?;
+        };
         (
             report.latency_p50_ms,
             report.latency_p95_ms,
             report.latency_p99_ms,
             report.latency_max_ms,
-        ) = (p50, p95, p99, max);
+        ) = (
+            latencies.quantile(0.5) * 1000.0,
+            latencies.quantile(0.95) * 1000.0,
+            latencies.quantile(0.99) * 1000.0,
+            latencies.quantile(1.0) * 1000.0,
+        );
         peak = peak.max(self.rss_mb().0);
 
         // The floor under that: the broker alone, produce → consume, same rate.
@@ -270,37 +302,25 @@ impl Bench {
             sqlx::query_scalar("SELECT order_id FROM orders ORDER BY random() LIMIT 10000")
                 .fetch_all(&self.pool)
                 .await?;
-        progress(format!(
-            "http: GET /orders/{{id}}/status, {} connections, {} s",
-            o.http_concurrency, o.http_secs
-        ));
         let ids = Arc::new(order_ids);
-        let (rps, p50, p99) = self
-            .http_load(o, {
-                let ids = ids.clone();
-                move |i| format!("/orders/{}/status", ids[i % ids.len()])
-            })
-            .await?;
-        (
-            report.http_status_rps,
-            report.http_status_p50_ms,
-            report.http_status_p99_ms,
-        ) = (rps, p50, p99);
-        progress(format!(
-            "http: GET /users/{{id}}/orders, {} connections, {} s",
-            o.http_concurrency, o.http_secs
-        ));
-        let (rps, p50, p99) = self
-            .http_load(o, |i| {
-                // Sample users are 1..=20 (see produce::sample_checkout).
-                format!("/users/{}/orders?limit=20", i % 20 + 1)
-            })
-            .await?;
-        (
-            report.http_history_rps,
-            report.http_history_p50_ms,
-            report.http_history_p99_ms,
-        ) = (rps, p50, p99);
+        for &connections in &o.http_concurrency {
+            let ids = ids.clone();
+            report.http.push(
+                self.http_load(o, connections, "GET /orders/{id}/status", move |i| {
+                    format!("/orders/{}/status", ids[i % ids.len()])
+                })
+                .await?,
+            );
+        }
+        for &connections in &o.http_concurrency {
+            report.http.push(
+                self.http_load(o, connections, "GET /users/{id}/orders", |i| {
+                    // Sample users are 1..=20 (see produce::sample_checkout).
+                    format!("/users/{}/orders?limit=20", i % 20 + 1)
+                })
+                .await?,
+            );
+        }
 
         let (now, hwm) = self.rss_mb();
         report.worker_rss_end_mb = now;
@@ -343,17 +363,6 @@ impl Bench {
         Ok(sqlx::query_scalar(sql).fetch_one(&self.pool).await?)
     }
 
-    async fn count_since(
-        &self,
-        sql: &str,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> anyhow::Result<i64> {
-        Ok(sqlx::query_scalar(sql)
-            .bind(at)
-            .fetch_one(&self.pool)
-            .await?)
-    }
-
     /// (current RSS, peak RSS) of the worker in MB, from /proc.
     fn rss_mb(&self) -> (f64, f64) {
         let Some(pid) = self.worker.as_ref().and_then(|w| w.id()) else {
@@ -370,10 +379,18 @@ impl Bench {
         (field("VmRSS:"), field("VmHWM:"))
     }
 
-    async fn start_worker(&mut self, port: u16) -> anyhow::Result<()> {
+    async fn start_worker(
+        &mut self,
+        port: u16,
+        binary: Option<&std::path::Path>,
+    ) -> anyhow::Result<()> {
         let s = &self.settings;
         let t = &s.topics;
-        let child = tokio::process::Command::new(std::env::current_exe()?)
+        let binary = match binary {
+            Some(b) => b.to_owned(),
+            None => std::env::current_exe()?,
+        };
+        let child = tokio::process::Command::new(binary)
             .arg("run")
             .env("DATABASE_URL", &s.database_url)
             .env("KAFKA_BROKERS", &s.kafka_brokers)
@@ -406,35 +423,29 @@ impl Bench {
         Ok(())
     }
 
-    /// Checkouts with payments (0.9 per order) and cancellations (0.05).
+    /// The mix, produced as fast as the broker takes it.
     async fn produce_mix(&self, checkouts: u64) -> anyhow::Result<u64> {
         let t = self.settings.topics.clone();
-        let mut rng = rand::thread_rng();
-        let mut sent = 0u64;
         let started = Instant::now();
+        let mut sent = 0u64;
         let mut pending = Vec::new();
+        let mut rng = rand::thread_rng();
         for n in 0..checkouts {
-            let order_id = format!("b-{n}");
-            let ev = crate::produce::sample_checkout(&mut rng, &order_id, n as i64, false);
-            pending.push(self.send(&t.checkouts, &order_id, serde_json::to_vec(&ev)?)?);
-            sent += 1;
-            if rng.gen_bool(0.9) {
-                pending.push(self.send(
-                    &t.payment_confirmations,
-                    &order_id,
-                    serde_json::to_vec(&payment_for(&ev))?,
-                )?);
-                sent += 1;
+            let Mixed {
+                checkout,
+                payment,
+                cancellation,
+            } = mixed(&mut rng, &self.tables, "b", n, 0);
+            let key = checkout.order_id.clone();
+            pending.push(self.send(&t.checkouts, &key, serde_json::to_vec(&checkout)?)?);
+            if let Some(p) = payment {
+                pending.push(self.send(&t.payment_confirmations, &key, serde_json::to_vec(&p)?)?);
             }
-            if rng.gen_bool(0.05) {
-                pending.push(self.send(
-                    &t.cancellations,
-                    &order_id,
-                    serde_json::to_vec(&cancel_for(&ev))?,
-                )?);
-                sent += 1;
+            if let Some(c) = cancellation {
+                pending.push(self.send(&t.cancellations, &key, serde_json::to_vec(&c)?)?);
             }
             if pending.len() >= 50_000 {
+                sent += pending.len() as u64;
                 for d in pending.drain(..) {
                     d.await.ok();
                 }
@@ -444,6 +455,7 @@ impl Bench {
                 ));
             }
         }
+        sent += pending.len() as u64;
         for d in pending {
             d.await.ok();
         }
@@ -458,24 +470,20 @@ impl Bench {
         key: &str,
         payload: Vec<u8>,
     ) -> anyhow::Result<rdkafka::producer::DeliveryFuture> {
-        loop {
-            match self
-                .producer
-                .send_result(FutureRecord::to(topic).key(key).payload(&payload))
-            {
-                Ok(d) => return Ok(d),
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    _,
-                )) => {
-                    self.producer
-                        .poll(Timeout::After(Duration::from_millis(50)));
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
+        send_on(&self.producer, topic, key, payload)
+    }
+
+    /// The worker's occurred_at → commit histogram for checkouts, from /metrics.
+    async fn latency_histogram(&self) -> anyhow::Result<Histogram> {
+        let text = reqwest::get(format!("{}/metrics", self.http))
+            .await?
+            .text()
+            .await?;
+        Ok(Histogram::parse(
+            &text,
+            "orderflow_end_to_end_latency_seconds",
+            &self.settings.topics.checkouts,
+        ))
     }
 
     /// Checkouts at a fixed rate, each stamped with its send time.
@@ -497,7 +505,8 @@ impl Bench {
                     false,
                 );
                 ev.occurred_at = chrono::Utc::now();
-                self.send(
+                send_on(
+                    &self.latency_producer,
                     &self.settings.topics.checkouts,
                     &order_id,
                     serde_json::to_vec(&ev)?,
@@ -508,7 +517,7 @@ impl Bench {
                 progress(format!("latency: sent {sent} / {total}"));
             }
         }
-        self.producer
+        self.latency_producer
             .flush(Timeout::After(Duration::from_secs(30)))?;
         Ok(sent)
     }
@@ -537,7 +546,7 @@ impl Bench {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         let total = rate * secs;
-        let producer = self.producer.clone();
+        let producer = self.latency_producer.clone();
         let sender_topic = topic.clone();
         let sender = tokio::spawn(async move {
             let begun = Instant::now();
@@ -577,37 +586,63 @@ impl Bench {
         Ok((pct(0.5), pct(0.99)))
     }
 
-    /// The same handler and rows, written by a plain loop: 500 checkouts per
-    /// transaction, no Kafka anywhere.
-    async fn db_ceiling(&self, n: u64) -> anyhow::Result<f64> {
-        let handler = local_handler(&self.settings);
+    /// The same mix through the same handlers, written by a plain loop with
+    /// no Kafka: per chunk of checkouts, one transaction for them, one for
+    /// their payments and one for their cancellations, each of at most
+    /// `BATCH_MAX_MESSAGES` like the worker's. Returns (checkouts/s, events/s).
+    async fn db_ceiling(&self, n: u64) -> anyhow::Result<(f64, f64)> {
+        let (checkouts, lifecycle) = local_handlers(&self.settings);
+        let payments = LifecycleHandler::payments(lifecycle.clone());
+        let cancellations = LifecycleHandler::cancellations(lifecycle);
         let mut rng = rand::thread_rng();
-        let events: Vec<CheckoutEvent> = (0..n)
-            .map(|i| {
-                crate::produce::sample_checkout(
-                    &mut rng,
-                    &format!("ceil-{i}"),
-                    500_000_000_000 + i as i64,
-                    false,
-                )
-            })
+        let mix: Vec<Mixed> = (0..n)
+            .map(|i| mixed(&mut rng, &self.tables, "ceil", i, 500_000_000_000))
             .collect();
+        let events = mix.iter().map(Mixed::events).sum::<u64>();
+        let chunk = self.settings.batch_max_messages.max(1);
         let started = Instant::now();
-        for chunk in events.chunks(500) {
-            let mut tx = self.pool.begin().await?;
-            let ids: Vec<&str> = chunk.iter().map(|e| e.order_id.as_str()).collect();
-            crate::store::lifecycle::lock_orders(&mut tx, &ids).await?;
-            let batch: Vec<&CheckoutEvent> = chunk.iter().collect();
-            handler.apply_batch(&mut tx, &batch).await?;
-            tx.commit().await?;
+        for part in mix.chunks(chunk) {
+            let batch: Vec<&CheckoutEvent> = part.iter().map(|m| &m.checkout).collect();
+            self.apply_locked(&checkouts, &batch).await?;
+            let pays: Vec<Input> = part
+                .iter()
+                .filter_map(|m| m.payment.clone().map(Input::Payment))
+                .collect();
+            self.apply_locked(&payments, &pays.iter().collect::<Vec<_>>())
+                .await?;
+            let cancels: Vec<Input> = part
+                .iter()
+                .filter_map(|m| m.cancellation.clone().map(Input::Cancellation))
+                .collect();
+            self.apply_locked(&cancellations, &cancels.iter().collect::<Vec<_>>())
+                .await?;
         }
-        Ok(n as f64 / started.elapsed().as_secs_f64())
+        let secs = started.elapsed().as_secs_f64();
+        Ok((n as f64 / secs, events as f64 / secs))
+    }
+
+    /// One transaction as the consumer loop makes it: lock the orders, apply.
+    async fn apply_locked<H: Handler>(
+        &self,
+        handler: &H,
+        batch: &[&H::Event],
+    ) -> anyhow::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut ids: Vec<&str> = batch.iter().map(|e| handler.order_id(e)).collect();
+        ids.dedup();
+        crate::store::lifecycle::lock_orders(&mut tx, &ids).await?;
+        handler.apply_batch(&mut tx, batch).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// The pattern the old service started from: per message, one
     /// transaction, then one synchronous produce of the resulting event.
     async fn naive(&self, n: u64) -> anyhow::Result<f64> {
-        let handler = local_handler(&self.settings);
+        let (handler, _) = local_handlers(&self.settings);
         let mut rng = rand::thread_rng();
         let started = Instant::now();
         for i in 0..n {
@@ -634,40 +669,48 @@ impl Bench {
         Ok(n as f64 / started.elapsed().as_secs_f64())
     }
 
-    /// `concurrency` tasks issue requests back to back for `http_secs`.
+    /// `concurrency` connections issue requests back to back for
+    /// `http_secs`, each over its own keep-alive connection.
     async fn http_load(
         &self,
         o: &BenchOptions,
+        connections: usize,
+        route: &str,
         path: impl Fn(usize) -> String + Send + Sync + 'static,
-    ) -> anyhow::Result<(f64, f64, f64)> {
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(o.http_concurrency)
-            .build()?;
+    ) -> anyhow::Result<HttpRun> {
+        progress(format!(
+            "http: {route}, {connections} connections, {} s",
+            o.http_secs
+        ));
+        let addr = self.http.trim_start_matches("http://").to_owned();
         let path = Arc::new(path);
-        let counter = Arc::new(AtomicU64::new(0));
         let deadline = Instant::now() + Duration::from_secs(o.http_secs);
         let mut tasks = Vec::new();
-        for worker in 0..o.http_concurrency {
-            let (client, path, base, counter) = (
-                client.clone(),
-                path.clone(),
-                self.http.clone(),
-                counter.clone(),
-            );
+        for worker in 0..connections {
+            let (path, addr) = (path.clone(), addr.clone());
             tasks.push(tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut errors = 0u64;
                 let mut i = worker * 1_000_003;
+                let mut conn = None;
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    match client.get(format!("{base}{}", path(i))).send().await {
-                        Ok(r) if r.status().is_success() => {
-                            let _ = r.bytes().await;
-                            latencies.push(t.elapsed().as_secs_f64() * 1000.0);
-                        }
-                        _ => errors += 1,
+                    if conn.is_none() {
+                        conn = HttpConn::connect(&addr).await.ok();
                     }
-                    counter.fetch_add(1, Ordering::Relaxed);
+                    let Some(c) = conn.as_mut() else {
+                        errors += 1;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    };
+                    match c.get(&path(i)).await {
+                        Ok(200) => latencies.push(t.elapsed().as_secs_f64() * 1000.0),
+                        Ok(_) => errors += 1,
+                        Err(_) => {
+                            errors += 1;
+                            conn = None;
+                        }
+                    }
                     i += 1;
                 }
                 (latencies, errors)
@@ -691,37 +734,236 @@ impl Bench {
                 .copied()
                 .unwrap_or(0.0)
         };
-        let rps = all.len() as f64 / elapsed;
+        let run = HttpRun {
+            route: route.to_owned(),
+            connections,
+            requests_per_s: all.len() as f64 / elapsed,
+            p50_ms: pct(0.5),
+            p99_ms: pct(0.99),
+            errors,
+        };
         progress(format!(
-            "  {rps:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms",
-            pct(0.5),
-            pct(0.99)
+            "  {:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms",
+            run.requests_per_s, run.p50_ms, run.p99_ms
         ));
-        Ok((rps, pct(0.5), pct(0.99)))
+        Ok(run)
     }
 }
 
-fn local_handler(settings: &Settings) -> CheckoutHandler {
+/// The load generator's HTTP/1.1 keep-alive client: a request line out, a
+/// status line, headers and a `Content-Length` body in. It runs on the same
+/// two cores as the server it measures, so it must cost far less than a
+/// general-purpose client would.
+struct HttpConn {
+    stream: tokio::io::BufStream<tokio::net::TcpStream>,
+    line: String,
+    body: Vec<u8>,
+}
+
+impl HttpConn {
+    async fn connect(addr: &str) -> std::io::Result<HttpConn> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(HttpConn {
+            stream: tokio::io::BufStream::new(stream),
+            line: String::new(),
+            body: Vec::new(),
+        })
+    }
+
+    /// One GET; returns the status code once the whole body is read.
+    async fn get(&mut self, path: &str) -> std::io::Result<u16> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let bad =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+        self.stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").as_bytes())
+            .await?;
+        self.stream.flush().await?;
+        self.line.clear();
+        self.stream.read_line(&mut self.line).await?;
+        let status: u16 = self
+            .line
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| bad("no status line"))?;
+        let mut length = None;
+        loop {
+            self.line.clear();
+            if self.stream.read_line(&mut self.line).await? == 0 {
+                return Err(bad("connection closed in headers"));
+            }
+            let header = self.line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse::<usize>().ok();
+                }
+            }
+        }
+        let length = length.ok_or_else(|| bad("no content-length"))?;
+        self.body.resize(length, 0);
+        self.stream.read_exact(&mut self.body).await?;
+        Ok(status)
+    }
+}
+
+/// A Prometheus histogram of one series: (upper bound, cumulative count),
+/// ascending, ending with +Inf.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Histogram {
+    buckets: Vec<(f64, u64)>,
+}
+
+impl Histogram {
+    /// The `name` histogram of `topic` from a /metrics page.
+    fn parse(text: &str, name: &str, topic: &str) -> Histogram {
+        let prefix = format!("{name}_bucket{{");
+        let label = format!("topic=\"{topic}\"");
+        let mut buckets: Vec<(f64, u64)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .filter(|l| l.contains(&label))
+            .filter_map(|l| {
+                let le = l.split("le=\"").nth(1)?.split('"').next()?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, l.rsplit(' ').next()?.parse().ok()?))
+            })
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Histogram { buckets }
+    }
+
+    /// What was observed since `earlier`.
+    fn minus(&self, earlier: &Histogram) -> Histogram {
+        let before = |le: f64| {
+            earlier
+                .buckets
+                .iter()
+                .find(|(l, _)| *l == le)
+                .map_or(0, |(_, c)| *c)
+        };
+        Histogram {
+            buckets: self
+                .buckets
+                .iter()
+                .map(|(le, c)| (*le, c.saturating_sub(before(*le))))
+                .collect(),
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.buckets.last().map_or(0, |(_, c)| *c)
+    }
+
+    /// The q-quantile, interpolated linearly within its bucket (as
+    /// Prometheus's histogram_quantile does); q = 1 gives the upper bound of
+    /// the highest non-empty bucket.
+    fn quantile(&self, q: f64) -> f64 {
+        let rank = q * self.count() as f64;
+        let (mut low, mut below) = (0.0, 0u64);
+        for &(le, cumulative) in &self.buckets {
+            if cumulative > 0 && cumulative as f64 >= rank {
+                if le.is_infinite() {
+                    return low;
+                }
+                let within = (cumulative - below) as f64;
+                return low + (le - low) * ((rank - below as f64) / within).clamp(0.0, 1.0);
+            }
+            (low, below) = (le, cumulative);
+        }
+        0.0
+    }
+}
+
+/// Sends, waiting for room when the producer's queue is full.
+fn send_on(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: Vec<u8>,
+) -> anyhow::Result<rdkafka::producer::DeliveryFuture> {
+    loop {
+        match producer.send_result(FutureRecord::to(topic).key(key).payload(&payload)) {
+            Ok(d) => return Ok(d),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                _,
+            )) => {
+                producer.poll(Timeout::After(Duration::from_millis(50)));
+            }
+            Err((e, _)) => return Err(e.into()),
+        }
+    }
+}
+
+/// The worker's handlers, built as `orderflow run` builds them.
+fn local_handlers(settings: &Settings) -> (CheckoutHandler, Arc<Lifecycle>) {
     let emitter = Emitter::new(
         Codec::new(settings.max_message_bytes),
         settings.topics.order_events.clone(),
     );
-    CheckoutHandler::new(
-        emitter.clone(),
-        Arc::new(Lifecycle::new(emitter)),
-        settings.default_tax_rate_ppm,
-    )
+    let lifecycle = Arc::new(Lifecycle::new(emitter.clone()));
+    let checkouts = CheckoutHandler::new(emitter, lifecycle.clone(), settings.default_tax_rate_ppm);
+    (checkouts, lifecycle)
 }
 
-fn payment_for(ev: &CheckoutEvent) -> PaymentConfirmation {
-    // The amount is not known to the producer; a fixed amount exercises the
-    // mismatch path for most orders, which costs the same as a match.
+/// One checkout of the benchmark mix with what follows it: a payment for
+/// 0.9 of orders, a cancellation for 0.05 (ratios 1 : 0.9 : 0.05).
+#[derive(Debug, Clone)]
+struct Mixed {
+    checkout: CheckoutEvent,
+    payment: Option<PaymentConfirmation>,
+    cancellation: Option<Cancellation>,
+}
+
+impl Mixed {
+    fn events(&self) -> u64 {
+        1 + u64::from(self.payment.is_some()) + u64::from(self.cancellation.is_some())
+    }
+}
+
+fn mixed(
+    rng: &mut impl Rng,
+    tables: &PricingTables,
+    prefix: &str,
+    n: u64,
+    cart_base: i64,
+) -> Mixed {
+    let order_id = format!("{prefix}-{n}");
+    let checkout = crate::produce::sample_checkout(rng, &order_id, cart_base + n as i64, false);
+    Mixed {
+        payment: rng.gen_bool(0.9).then(|| payment_for(&checkout, tables)),
+        cancellation: rng.gen_bool(0.05).then(|| cancel_for(&checkout)),
+        checkout,
+    }
+}
+
+/// A confirmed payment of the order's total, priced with the same tables the
+/// worker uses, so orders get PAID and cancelling a paid one requests a refund.
+fn payment_for(ev: &CheckoutEvent, tables: &PricingTables) -> PaymentConfirmation {
+    let ship_to = &ev.shipping_address;
+    let rate = tables.tax_rate_ppm(&ship_to.country, &ship_to.state);
+    let amount_minor =
+        crate::domain::pricing::price_cart(&ev.currency, &ev.cart_lines(), rate, |c| {
+            tables.shipping_rule(c)
+        })
+        .map_or(1_000, |priced| priced.total.minor());
     PaymentConfirmation {
         event_id: uuid::Uuid::new_v4().to_string(),
         order_id: ev.order_id.clone(),
         payment_id: format!("pay-{}", ev.order_id),
         status: PaymentStatus::Confirmed,
-        amount_minor: 1_000,
+        amount_minor,
         currency: ev.currency.clone(),
         provider: "bench".into(),
         failure_reason: None,
@@ -741,7 +983,7 @@ fn cancel_for(ev: &CheckoutEvent) -> Cancellation {
 
 impl Report {
     pub fn print_table(&self) {
-        let rows = [
+        let mut rows = vec![
             (
                 "throughput (all events, to committed effect)",
                 format!("{:.0} events/s", self.throughput_events_per_s),
@@ -758,15 +1000,18 @@ impl Report {
                 format!("{:.1} s", self.outbox_drained_s),
             ),
             (
-                "baseline: database ceiling",
-                format!("{:.0} checkouts/s", self.db_ceiling_checkouts_per_s),
+                "baseline: database ceiling (same mix, no Kafka)",
+                format!(
+                    "{:.0} events/s ({:.0} checkouts/s)",
+                    self.db_ceiling_events_per_s, self.db_ceiling_checkouts_per_s
+                ),
             ),
             (
                 "baseline: naive (tx + sync produce per message)",
                 format!("{:.0} checkouts/s", self.naive_checkouts_per_s),
             ),
             (
-                "ratio to database ceiling",
+                "ratio to database ceiling (events/s)",
                 format!("{:.0} %", self.ratio_to_db_ceiling * 100.0),
             ),
             ("ratio to naive", format!("{:.1}×", self.ratio_to_naive)),
@@ -805,20 +1050,6 @@ impl Report {
                     .join(", "),
             ),
             (
-                "GET /orders/{id}/status",
-                format!(
-                    "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
-                    self.http_status_rps, self.http_status_p50_ms, self.http_status_p99_ms
-                ),
-            ),
-            (
-                "GET /users/{id}/orders",
-                format!(
-                    "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
-                    self.http_history_rps, self.http_history_p50_ms, self.http_history_p99_ms
-                ),
-            ),
-            (
                 "worker RSS",
                 format!(
                     "peak {:.0} MB, after throughput {:.0} MB, end {:.0} MB",
@@ -827,7 +1058,26 @@ impl Report {
                     self.worker_rss_end_mb
                 ),
             ),
-        ];
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect::<Vec<_>>();
+        for run in &self.http {
+            rows.push((
+                format!("{}, {} connections", run.route, run.connections),
+                format!(
+                    "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms{}",
+                    run.requests_per_s,
+                    run.p50_ms,
+                    run.p99_ms,
+                    if run.errors > 0 {
+                        format!(", {} errors", run.errors)
+                    } else {
+                        String::new()
+                    }
+                ),
+            ));
+        }
         let width = rows
             .iter()
             .map(|(k, _)| k.chars().count())
@@ -837,5 +1087,48 @@ impl Report {
         for (k, v) in rows {
             println!("{k:<width$}  {v}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Histogram;
+
+    const PAGE: &str = r#"orderflow_end_to_end_latency_seconds_bucket{topic="c",le="0.01"} 10
+orderflow_end_to_end_latency_seconds_bucket{topic="c",le="0.02"} 90
+orderflow_end_to_end_latency_seconds_bucket{topic="c",le="0.05"} 100
+orderflow_end_to_end_latency_seconds_bucket{topic="c",le="+Inf"} 100
+orderflow_end_to_end_latency_seconds_bucket{topic="p",le="0.01"} 7
+"#;
+
+    #[test]
+    fn histogram_quantiles_interpolate_within_buckets() {
+        let h = Histogram::parse(PAGE, "orderflow_end_to_end_latency_seconds", "c");
+        assert_eq!(h.count(), 100);
+        assert!(
+            (h.quantile(0.5) - 0.015).abs() < 1e-9,
+            "{}",
+            h.quantile(0.5)
+        );
+        assert!(
+            (h.quantile(0.95) - 0.035).abs() < 1e-9,
+            "{}",
+            h.quantile(0.95)
+        );
+        assert!((h.quantile(1.0) - 0.05).abs() < 1e-9);
+        // Earlier, the ten fastest had been observed.
+        let earlier = Histogram::parse(
+            &PAGE.replace("} 90", "} 10").replace("} 100", "} 10"),
+            "orderflow_end_to_end_latency_seconds",
+            "c",
+        );
+        let since = h.minus(&earlier);
+        assert_eq!(since.count(), 90);
+        assert!(
+            (since.quantile(0.5) - 0.015625).abs() < 1e-9,
+            "{}",
+            since.quantile(0.5)
+        );
+        assert_eq!(Histogram::default().quantile(0.99), 0.0);
     }
 }

@@ -89,6 +89,15 @@ fn latency_buckets() -> Vec<f64> {
     exponential_buckets(0.0005, 2.0, 18).expect("valid buckets")
 }
 
+/// Finer where the latency objective lives (tens of milliseconds, 100 ms
+/// exactly a bound), so quantiles read off it are within a few ms.
+fn end_to_end_buckets() -> Vec<f64> {
+    vec![
+        0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1,
+        0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+    ]
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some("orderflow".into()), None).expect("valid prefix");
@@ -124,7 +133,7 @@ impl Metrics {
                     "end_to_end_latency_seconds",
                     "From the event's occurred_at to the commit of its effect"
                 )
-                .buckets(latency_buckets()),
+                .buckets(end_to_end_buckets()),
                 &["topic"]
             )),
             transient_failures: register!(IntCounterVec::new(
