@@ -32,6 +32,12 @@ pub struct BenchOptions {
     /// Checkouts for the throughput phase (payments and cancellations are added).
     #[arg(long, default_value_t = 200_000)]
     pub checkouts: u64,
+    /// Payments per checkout in the throughput phase's mix.
+    #[arg(long, default_value_t = 0.9)]
+    pub payment_ratio: f64,
+    /// Cancellations per checkout in the throughput phase's mix.
+    #[arg(long, default_value_t = 0.05)]
+    pub cancellation_ratio: f64,
     /// Checkouts per second in the latency phase.
     #[arg(long, default_value_t = 1_000)]
     pub latency_rate: u64,
@@ -116,6 +122,8 @@ struct Bench {
     http: String,
     /// The fresh database's tax and shipping tables, to pay the right totals.
     tables: PricingTables,
+    /// (payments, cancellations) per checkout.
+    ratios: (f64, f64),
 }
 
 pub async fn run(base: &Settings, options: &BenchOptions) -> anyhow::Result<Report> {
@@ -153,8 +161,17 @@ pub async fn run(base: &Settings, options: &BenchOptions) -> anyhow::Result<Repo
         let mut conn = pool.acquire().await?;
         PricingTables::load(&mut conn, settings.default_tax_rate_ppm).await?
     };
+    for (name, ratio) in [
+        ("--payment-ratio", options.payment_ratio),
+        ("--cancellation-ratio", options.cancellation_ratio),
+    ] {
+        if !(0.0..=1.0).contains(&ratio) {
+            bail!("{name} must be between 0 and 1, not {ratio}");
+        }
+    }
     let mut bench = Bench {
         tables,
+        ratios: (options.payment_ratio, options.cancellation_ratio),
         settings,
         pool,
         producer,
@@ -214,11 +231,12 @@ impl Bench {
             peak = peak.max(self.rss_mb().0);
             if last_report.elapsed() > Duration::from_secs(3) {
                 progress(format!(
-                    "throughput: {} / {} committed, {:.0} events/s, RSS {:.0} MB",
+                    "throughput: {} / {} committed, {:.0} events/s, RSS {:.0} MB ({})",
                     done - already,
                     total,
                     (done - already) as f64 / started.elapsed().as_secs_f64(),
-                    self.rss_mb().0
+                    self.rss_mb().0,
+                    self.handled_by_topic().await.unwrap_or_default()
                 ));
                 last_report = Instant::now();
             }
@@ -251,7 +269,13 @@ impl Bench {
             report.throughput_events_per_s / report.db_ceiling_events_per_s;
         report.ratio_to_naive = report.throughput_checkouts_per_s / report.naive_checkouts_per_s;
 
-        // 2. Latency at a fixed rate.
+        // 2. Latency at a fixed rate, by a new worker on fresh topics over the
+        // same (now full) database. Tansu's fetches cost more the more a
+        // topic holds (docs/tansu.md); Kafka's do not, and measuring on the
+        // 390,000-message topics would measure that instead of orderflow.
+        peak = peak.max(self.rss_mb().1);
+        self.restart_on_fresh_topics(port, o.worker.as_deref())
+            .await?;
         progress(format!(
             "latency: {} checkouts/s for {} s",
             o.latency_rate, o.latency_secs
@@ -328,6 +352,33 @@ impl Bench {
         Ok(report)
     }
 
+    /// Messages handled so far by topic, from the worker's counters.
+    async fn handled_by_topic(&self) -> anyhow::Result<String> {
+        let text = reqwest::get(format!("{}/metrics", self.http))
+            .await?
+            .text()
+            .await?;
+        let mut by_topic = std::collections::BTreeMap::<String, f64>::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("orderflow_messages_total{") else {
+                continue;
+            };
+            let topic = rest
+                .split("topic=\"")
+                .nth(1)
+                .and_then(|t| t.split('"').next());
+            let value = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+            if let (Some(topic), Some(value)) = (topic, value) {
+                *by_topic.entry(short_topic(topic).to_owned()).or_default() += value;
+            }
+        }
+        Ok(by_topic
+            .iter()
+            .map(|(t, n)| format!("{t} {n}"))
+            .collect::<Vec<_>>()
+            .join(", "))
+    }
+
     /// Mean messages per batch by topic, from the worker's histogram.
     async fn mean_batch_sizes(&self) -> anyhow::Result<Vec<(String, f64)>> {
         let text = reqwest::get(format!("{}/metrics", self.http))
@@ -377,6 +428,28 @@ impl Bench {
                 .map_or(0.0, |kb| kb / 1024.0)
         };
         (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// Stops the worker and starts another on a new set of topics (and
+    /// consumer groups); the database stays as it is.
+    async fn restart_on_fresh_topics(
+        &mut self,
+        port: u16,
+        binary: Option<&std::path::Path>,
+    ) -> anyhow::Result<()> {
+        if let Some(mut w) = self.worker.take() {
+            w.kill().await.context("failed to stop the worker")?;
+        }
+        let prefix = format!(
+            "{}latency-",
+            self.settings.topics.checkouts.trim_end_matches("checkouts")
+        );
+        self.settings.topics = Topics::prefixed(&prefix);
+        self.settings.group_id = format!("{}-latency", self.settings.group_id);
+        let specs = crate::kafka::topics::load_specs(std::path::Path::new("topics"))?;
+        crate::kafka::topics::apply(&self.settings, &specs).await?;
+        progress(format!("worker restarted on fresh topics {prefix}*"));
+        self.start_worker(port, binary).await
     }
 
     async fn start_worker(
@@ -435,7 +508,7 @@ impl Bench {
                 checkout,
                 payment,
                 cancellation,
-            } = mixed(&mut rng, &self.tables, "b", n, 0);
+            } = mixed(&mut rng, self.ratios, &self.tables, "b", n, 0);
             let key = checkout.order_id.clone();
             pending.push(self.send(&t.checkouts, &key, serde_json::to_vec(&checkout)?)?);
             if let Some(p) = payment {
@@ -470,7 +543,7 @@ impl Bench {
         key: &str,
         payload: Vec<u8>,
     ) -> anyhow::Result<rdkafka::producer::DeliveryFuture> {
-        send_on(&self.producer, topic, key, payload)
+        crate::produce::enqueue(&self.producer, topic, key, &payload)
     }
 
     /// The worker's occurred_at → commit histogram for checkouts, from /metrics.
@@ -505,11 +578,11 @@ impl Bench {
                     false,
                 );
                 ev.occurred_at = chrono::Utc::now();
-                send_on(
+                crate::produce::enqueue(
                     &self.latency_producer,
                     &self.settings.topics.checkouts,
                     &order_id,
-                    serde_json::to_vec(&ev)?,
+                    &serde_json::to_vec(&ev)?,
                 )?;
                 sent += 1;
             }
@@ -596,7 +669,16 @@ impl Bench {
         let cancellations = LifecycleHandler::cancellations(lifecycle);
         let mut rng = rand::thread_rng();
         let mix: Vec<Mixed> = (0..n)
-            .map(|i| mixed(&mut rng, &self.tables, "ceil", i, 500_000_000_000))
+            .map(|i| {
+                mixed(
+                    &mut rng,
+                    self.ratios,
+                    &self.tables,
+                    "ceil",
+                    i,
+                    500_000_000_000,
+                )
+            })
             .collect();
         let events = mix.iter().map(Mixed::events).sum::<u64>();
         let chunk = self.settings.batch_max_messages.max(1);
@@ -883,27 +965,12 @@ impl Histogram {
     }
 }
 
-/// Sends, waiting for room when the producer's queue is full.
-fn send_on(
-    producer: &FutureProducer,
-    topic: &str,
-    key: &str,
-    payload: Vec<u8>,
-) -> anyhow::Result<rdkafka::producer::DeliveryFuture> {
-    loop {
-        match producer.send_result(FutureRecord::to(topic).key(key).payload(&payload)) {
-            Ok(d) => return Ok(d),
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ),
-                _,
-            )) => {
-                producer.poll(Timeout::After(Duration::from_millis(50)));
-            }
-            Err((e, _)) => return Err(e.into()),
-        }
-    }
+/// `bench-<id>-checkouts` → `checkouts`.
+fn short_topic(topic: &str) -> &str {
+    topic
+        .strip_prefix("bench-")
+        .and_then(|t| t.split_once('-'))
+        .map_or(topic, |(_, name)| name)
 }
 
 /// The worker's handlers, built as `orderflow run` builds them.
@@ -917,8 +984,9 @@ fn local_handlers(settings: &Settings) -> (CheckoutHandler, Arc<Lifecycle>) {
     (checkouts, lifecycle)
 }
 
-/// One checkout of the benchmark mix with what follows it: a payment for
-/// 0.9 of orders, a cancellation for 0.05 (ratios 1 : 0.9 : 0.05).
+/// One checkout of the benchmark mix with what follows it: a payment and a
+/// cancellation, each with its probability (by default 0.9 and 0.05, the
+/// ratios 1 : 0.9 : 0.05).
 #[derive(Debug, Clone)]
 struct Mixed {
     checkout: CheckoutEvent,
@@ -934,6 +1002,7 @@ impl Mixed {
 
 fn mixed(
     rng: &mut impl Rng,
+    ratios: (f64, f64),
     tables: &PricingTables,
     prefix: &str,
     n: u64,
@@ -942,8 +1011,10 @@ fn mixed(
     let order_id = format!("{prefix}-{n}");
     let checkout = crate::produce::sample_checkout(rng, &order_id, cart_base + n as i64, false);
     Mixed {
-        payment: rng.gen_bool(0.9).then(|| payment_for(&checkout, tables)),
-        cancellation: rng.gen_bool(0.05).then(|| cancel_for(&checkout)),
+        payment: rng
+            .gen_bool(ratios.0)
+            .then(|| payment_for(&checkout, tables)),
+        cancellation: rng.gen_bool(ratios.1).then(|| cancel_for(&checkout)),
         checkout,
     }
 }
@@ -1038,21 +1109,14 @@ impl Report {
                 "mean batch size (messages per transaction)",
                 self.mean_batch_size
                     .iter()
-                    .map(|(t, n)| {
-                        format!(
-                            "{} {n}",
-                            t.split_once('-').map_or(t.as_str(), |(_, rest)| rest
-                                .split_once('-')
-                                .map_or(rest, |(_, r)| r))
-                        )
-                    })
+                    .map(|(t, n)| format!("{} {n}", short_topic(t)))
                     .collect::<Vec<_>>()
                     .join(", "),
             ),
             (
                 "worker RSS",
                 format!(
-                    "peak {:.0} MB, after throughput {:.0} MB, end {:.0} MB",
+                    "peak {:.0} MB, after throughput {:.0} MB, end of run (second worker) {:.0} MB",
                     self.worker_peak_rss_mb,
                     self.worker_rss_after_throughput_mb,
                     self.worker_rss_end_mb

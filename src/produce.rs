@@ -8,7 +8,11 @@ use anyhow::{bail, Context};
 use chrono::Utc;
 use rand::seq::SliceRandom;
 use rand::Rng;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::collections::VecDeque;
+
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 
 use crate::config::Settings;
@@ -97,27 +101,99 @@ pub fn producer(settings: &Settings) -> anyhow::Result<FutureProducer> {
         .context("failed to create Kafka producer")
 }
 
-pub async fn send(
+/// Hands a record to the producer without waiting for its delivery; waits
+/// for room when the producer's queue is full.
+pub fn enqueue(
     producer: &FutureProducer,
     topic: &str,
     key: &str,
     payload: &[u8],
-) -> anyhow::Result<()> {
-    producer
-        .send(
-            FutureRecord::to(topic).key(key).payload(payload),
-            Timeout::After(Duration::from_secs(30)),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .with_context(|| format!("failed to produce to {topic}"))?;
-    Ok(())
+) -> anyhow::Result<DeliveryFuture> {
+    loop {
+        match producer.send_result(FutureRecord::to(topic).key(key).payload(payload)) {
+            Ok(delivery) => return Ok(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                producer.poll(Timeout::After(Duration::from_millis(50)));
+            }
+            Err((e, _)) => return Err(e).with_context(|| format!("failed to produce to {topic}")),
+        }
+    }
 }
 
-/// Sends sample checkouts to the checkouts topic, printing each order id.
+/// Deliveries in flight, confirmed in order; at most `WINDOW` outstanding.
+struct InFlight<'a> {
+    topic: &'a str,
+    pending: VecDeque<(DeliveryFuture, Option<String>)>,
+}
+
+impl<'a> InFlight<'a> {
+    const WINDOW: usize = 10_000;
+
+    fn new(topic: &'a str) -> Self {
+        InFlight {
+            topic,
+            pending: VecDeque::new(),
+        }
+    }
+
+    /// Tracks a delivery; `note` is printed once it is confirmed.
+    async fn push(&mut self, delivery: DeliveryFuture, note: Option<String>) -> anyhow::Result<()> {
+        self.pending.push_back((delivery, note));
+        while self.pending.len() > Self::WINDOW {
+            self.confirm_oldest().await?;
+        }
+        Ok(())
+    }
+
+    async fn confirm_oldest(&mut self) -> anyhow::Result<()> {
+        let Some((delivery, note)) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        delivery
+            .await
+            .context("producer dropped a delivery")?
+            .map_err(|(e, _)| e)
+            .with_context(|| format!("failed to produce to {}", self.topic))?;
+        if let Some(note) = note {
+            println!("{note}");
+        }
+        Ok(())
+    }
+
+    async fn confirm_all(&mut self) -> anyhow::Result<()> {
+        while !self.pending.is_empty() {
+            self.confirm_oldest().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Fails at once, naming the fix, when `topic` does not exist: a send to it
+/// would only fail after the 30 s message timeout.
+async fn check_topic(producer: &FutureProducer, topic: &str) -> anyhow::Result<()> {
+    let client = producer.clone();
+    let name = topic.to_owned();
+    let metadata = tokio::task::spawn_blocking(move || {
+        client
+            .client()
+            .fetch_metadata(Some(&name), Duration::from_secs(10))
+    })
+    .await
+    .context("metadata lookup panicked")?
+    .context("failed to read topic metadata from the broker")?;
+    match metadata.topics().iter().find(|t| t.name() == topic) {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+        _ => bail!("topic {topic} does not exist; create the topics with `orderflow topics apply`"),
+    }
+}
+
+/// Sends sample checkouts to the checkouts topic, printing each order id once
+/// the broker has it. Without an interval, sends are pipelined.
 pub async fn samples(settings: &Settings, options: &SampleOptions) -> anyhow::Result<()> {
     let producer = producer(settings)?;
     let topic = &settings.topics.checkouts;
+    check_topic(&producer, topic).await?;
+    let mut in_flight = InFlight::new(topic);
     let mut rng = rand::thread_rng();
     let run = Utc::now().timestamp_millis();
     for n in 1..=options.count {
@@ -126,20 +202,25 @@ pub async fn samples(settings: &Settings, options: &SampleOptions) -> anyhow::Re
         let invalid = options.invalid_every > 0 && n % options.invalid_every == 0;
         let event = sample_checkout(&mut rng, &order_id, cart_id, invalid);
         let payload = serde_json::to_vec(&event).context("failed to encode sample")?;
-        send(&producer, topic, &order_id, &payload).await?;
-        if options.duplicate_every > 0 && n % options.duplicate_every == 0 {
-            send(&producer, topic, &order_id, &payload).await?;
-        }
-        println!(
+        let note = format!(
             "sent {order_id} (user {}){}",
             event.user_id,
             if invalid { " [invalid]" } else { "" }
         );
+        if options.duplicate_every > 0 && n % options.duplicate_every == 0 {
+            in_flight
+                .push(enqueue(&producer, topic, &order_id, &payload)?, None)
+                .await?;
+        }
+        in_flight
+            .push(enqueue(&producer, topic, &order_id, &payload)?, Some(note))
+            .await?;
         if !options.interval.is_zero() {
+            in_flight.confirm_all().await?;
             tokio::time::sleep(options.interval).await;
         }
     }
-    Ok(())
+    in_flight.confirm_all().await
 }
 
 /// Sends each non-empty line of `path` as one message to `topic`, keyed by
@@ -150,6 +231,8 @@ pub async fn from_file(
     path: &std::path::Path,
 ) -> anyhow::Result<u64> {
     let producer = producer(settings)?;
+    check_topic(&producer, topic).await?;
+    let mut in_flight = InFlight::new(topic);
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("failed to read {}", path.display()))?;
     let mut sent = 0;
@@ -167,8 +250,11 @@ pub async fn from_file(
                 i + 1
             );
         };
-        send(&producer, topic, key, line.as_bytes()).await?;
+        in_flight
+            .push(enqueue(&producer, topic, key, line.as_bytes())?, None)
+            .await?;
         sent += 1;
     }
+    in_flight.confirm_all().await?;
     Ok(sent)
 }

@@ -381,3 +381,52 @@ async fn a_backlog_of_one_partition_is_applied_in_batches_in_offset_order() {
 
     env.drop_database().await;
 }
+
+/// `orderflow produce`, run as users run it.
+async fn produce_cli(env: &TestEnv, topic: &str, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))
+        .arg("produce")
+        .args(args)
+        .env("KAFKA_BROKERS", &env.settings.kafka_brokers)
+        .env("TOPIC_CHECKOUTS", topic)
+        .output()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn produce_sends_every_sample_and_refuses_a_missing_topic_at_once() {
+    let env = TestEnv::new().await;
+    let topic = env.settings.topics.checkouts.clone();
+    let out = produce_cli(
+        &env,
+        &topic,
+        &["--count", "300", "--duplicate-every", "100"],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("sent ")).count(),
+        300
+    );
+    let records = env
+        .read_topic(&topic, 303, Duration::from_millis(500))
+        .await;
+    assert_eq!(records.len(), 303, "300 samples and 3 duplicates");
+
+    let missing = format!("{topic}-missing");
+    let out = produce_cli(&env, &missing, &["--count", "1"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("topic {missing} does not exist"))
+            && stderr.contains("topics apply"),
+        "{stderr}"
+    );
+    env.drop_database().await;
+}

@@ -11,7 +11,9 @@ use crate::helpers::{checkout, TestEnv};
 #[tokio::test]
 async fn a_stuck_partition_does_not_hold_up_the_others() {
     let env = TestEnv::new().await;
-    let app = env.start_only(&[Component::Checkouts, Component::Http]).await;
+    let app = env
+        .start_only(&[Component::Checkouts, Component::Http])
+        .await;
 
     // An open transaction holds the order lock of "stuck-0", as a slow batch
     // of another loop would: its partition cannot commit until it ends.
