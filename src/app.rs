@@ -58,7 +58,7 @@ pub struct Running {
 }
 
 impl Running {
-    /// Graceful stop: consumers finish their batch in hand and commit their
+    /// Graceful stop: consumers finish their batches in hand and commit their
     /// offsets, then the relay publishes what they committed, then HTTP stops.
     pub async fn stop(self) {
         self.consumers_stop.cancel();
