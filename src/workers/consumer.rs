@@ -21,9 +21,11 @@
 //! keyed to one partition, and the per-order locks taken in a canonical order
 //! keep loops of different topics from deadlocking.
 //!
-//! Memory: at most `BATCH_MAX_MESSAGES × (BATCH_CONCURRENCY + 2)` messages are
-//! buffered; beyond that the loop stops taking messages from librdkafka, whose
-//! own queue is bounded, so the broker holds the rest.
+//! Memory: at most `BATCH_MAX_MESSAGES × (BATCH_CONCURRENCY + 2)` messages
+//! wait in the buffers (plus up to `BATCH_MAX_MESSAGES × BATCH_CONCURRENCY` in
+//! flight); when they are full the loop stops taking messages from librdkafka,
+//! whose own queue is bounded, so the broker holds the rest. If they stay full
+//! (batches stuck), the assignment is paused and polling goes on.
 //!
 //! Failures: a transient error (database unreachable) retries the same batch
 //! with backoff; while any batch is retrying the assignment is paused, and the
@@ -198,7 +200,7 @@ impl Buffers {
     /// Takes the next batch of every free partition that is due: full, or
     /// lingered long enough (or `force`, at shutdown). At most `room` batches.
     fn take_due(&mut self, now: Instant, force: bool, room: usize) -> Vec<Vec<RawMessage>> {
-        let due: Vec<i32> = self
+        let mut due: Vec<(Instant, i32)> = self
             .waiting
             .iter()
             .filter(|(p, w)| {
@@ -207,9 +209,12 @@ impl Buffers {
                         || w.messages.len() >= self.max_messages
                         || w.since + self.linger <= now)
             })
-            .map(|(p, _)| *p)
-            .take(room)
+            .map(|(p, w)| (w.since, *p))
             .collect();
+        // Longest waiting first, so low partition numbers cannot take every
+        // slot under a steady backlog.
+        due.sort_unstable();
+        let due: Vec<i32> = due.into_iter().take(room).map(|(_, p)| p).collect();
         let mut batches = Vec::with_capacity(due.len());
         for partition in due {
             let waiting = self.waiting.get_mut(&partition).expect("listed above");
@@ -301,19 +306,35 @@ pub async fn run<H: Handler>(
     let mut in_flight = FuturesUnordered::new();
     let mut stream = consumer.stream();
     let mut paused: Option<TopicPartitionList> = None;
+    let mut full_since: Option<Instant> = None;
     let mut recv_errors: u32 = 0;
+    // Re-evaluates pausing when nothing else wakes the loop (batches stuck
+    // retrying or waiting on a lock while the buffers are full).
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
 
     loop {
         for batch in buffers.take_due(Instant::now(), false, concurrency - in_flight.len()) {
             in_flight.push(processor.apply_until_committed(batch, &shutdown));
         }
-        pause_while_retrying(&consumer, &processor, &mut paused, &topic);
+        // Hold the assignment (paused, still polled, so the member stays in
+        // the group) while a batch is retrying, or while the buffers have
+        // been full for a while (batches stuck): a loop that stopped polling
+        // would be dropped from the group after max.poll.interval.ms.
+        let full = buffers.buffered >= capacity;
+        full_since = if full {
+            full_since.or(Some(Instant::now()))
+        } else {
+            None
+        };
+        let stuck = full_since.is_some_and(|at| at.elapsed() >= STUCK_AFTER);
+        let retrying = processor.retrying.load(Ordering::Relaxed) > 0;
+        hold_assignment(&consumer, retrying || stuck, &mut paused, &topic);
         // Only a free slot can start a lingering batch.
         let deadline = (in_flight.len() < concurrency)
             .then(|| buffers.next_due())
             .flatten();
-        // Keep polling while paused: it keeps the member in the group.
-        let receive = buffers.buffered < capacity || paused.is_some();
+        let receive = !full || paused.is_some();
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -321,15 +342,22 @@ pub async fn run<H: Handler>(
                 processor.finish(&consumer, done, &mut buffers);
             }
             _ = sleep_until_opt(deadline) => {}
+            _ = tick.tick() => {}
             received = stream.next(), if receive => {
                 match received.expect("Kafka streams never end") {
                     Ok(msg) => {
                         recv_errors = 0;
+                        // A message that follows a revocation belongs to the
+                        // new assignment: forget the old buffers before it.
+                        drop_revoked(&consumer, &mut buffers);
                         buffers.push(RawMessage::detach(&msg));
                         // Take everything already fetched: that is the batch.
                         while buffers.buffered < capacity {
                             match stream.next().now_or_never() {
-                                Some(Some(Ok(msg))) => buffers.push(RawMessage::detach(&msg)),
+                                Some(Some(Ok(msg))) => {
+                                    drop_revoked(&consumer, &mut buffers);
+                                    buffers.push(RawMessage::detach(&msg));
+                                }
                                 _ => break,
                             }
                         }
@@ -344,6 +372,7 @@ pub async fn run<H: Handler>(
         }
         drop_revoked(&consumer, &mut buffers);
     }
+    drop_revoked(&consumer, &mut buffers);
 
     // Finish what is in hand, then commit what it stored. A batch that is
     // retrying gives up at once (shutdown is set) and is redelivered later.
@@ -373,26 +402,37 @@ pub async fn run<H: Handler>(
     Ok(())
 }
 
-/// Pauses the whole assignment while any batch is retrying a transient
-/// failure (so the buffers stop growing), and resumes it afterwards.
-fn pause_while_retrying<H>(
+/// How long the buffers may stay full before the loop pauses its assignment.
+const STUCK_AFTER: Duration = Duration::from_secs(1);
+
+/// Pauses the whole current assignment while `hold` (including partitions
+/// assigned since the last pause), and resumes it once `hold` ends. Pausing
+/// is lossless: librdkafka drops what it had prefetched for those partitions
+/// and fetches again from the last message it handed over.
+fn hold_assignment(
     consumer: &StreamConsumer<LoopContext>,
-    processor: &BatchProcessor<'_, H>,
+    hold: bool,
     paused: &mut Option<TopicPartitionList>,
     topic: &str,
 ) {
-    let retrying = processor.retrying.load(Ordering::Relaxed) > 0;
-    if retrying && paused.is_none() {
-        if let Ok(assignment) = consumer.assignment() {
-            if consumer.pause(&assignment).is_ok() {
-                *paused = Some(assignment);
+    if hold {
+        let Ok(current) = consumer.assignment() else {
+            return;
+        };
+        if paused.as_ref() != Some(&current) {
+            match consumer.pause(&current) {
+                Ok(()) => *paused = Some(current),
+                Err(e) => warn!(topic, error = %e, "failed to pause partitions"),
             }
         }
-    } else if !retrying {
-        if let Some(assignment) = paused.take() {
-            if let Err(e) = consumer.resume(&assignment) {
-                error!(topic, error = %e, "failed to resume partitions");
+    } else if paused.take().is_some() {
+        match consumer.assignment() {
+            Ok(current) => {
+                if let Err(e) = consumer.resume(&current) {
+                    error!(topic, error = %e, "failed to resume partitions");
+                }
             }
+            Err(e) => error!(topic, error = %e, "failed to read the assignment to resume it"),
         }
     }
 }
@@ -707,6 +747,16 @@ mod tests {
         assert_eq!(next.len(), 1);
         assert_eq!(offsets(&next[0]), [3, 4]);
         assert_eq!(b.buffered, 0);
+    }
+
+    #[test]
+    fn the_longest_waiting_partition_goes_first() {
+        let mut b = Buffers::new(10, Duration::ZERO);
+        b.push(msg(5, 0));
+        std::thread::sleep(Duration::from_millis(2));
+        b.push(msg(0, 0));
+        let first = b.take_due(Instant::now(), false, 1);
+        assert_eq!(first[0][0].partition, 5);
     }
 
     #[test]
