@@ -458,7 +458,6 @@ impl Bench {
         binary: Option<&std::path::Path>,
     ) -> anyhow::Result<()> {
         let s = &self.settings;
-        let t = &s.topics;
         let binary = match binary {
             Some(b) => b.to_owned(),
             None => std::env::current_exe()?,
@@ -468,10 +467,7 @@ impl Bench {
             .env("DATABASE_URL", &s.database_url)
             .env("KAFKA_BROKERS", &s.kafka_brokers)
             .env("KAFKA_GROUP_ID", &s.group_id)
-            .env("TOPIC_CHECKOUTS", &t.checkouts)
-            .env("TOPIC_PAYMENT_CONFIRMATIONS", &t.payment_confirmations)
-            .env("TOPIC_CANCELLATIONS", &t.cancellations)
-            .env("TOPIC_ORDER_EVENTS", &t.order_events)
+            .envs(s.topics.vars())
             .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "warn")
             .kill_on_drop(true)

@@ -48,6 +48,17 @@ impl Topics {
         ])
     }
 
+    /// Each name with the environment variable that sets it, e.g. to start
+    /// another `orderflow` process on the same topics.
+    pub fn vars(&self) -> [(&'static str, &str); 4] {
+        [
+            ("TOPIC_CHECKOUTS", &self.checkouts),
+            ("TOPIC_PAYMENT_CONFIRMATIONS", &self.payment_confirmations),
+            ("TOPIC_CANCELLATIONS", &self.cancellations),
+            ("TOPIC_ORDER_EVENTS", &self.order_events),
+        ]
+    }
+
     /// A fresh set of names under a prefix, for tests and benchmarks.
     pub fn prefixed(prefix: &str) -> Self {
         Topics {
@@ -148,12 +159,7 @@ impl Settings {
             cancellations: get("TOPIC_CANCELLATIONS", "cancellations"),
             order_events: get("TOPIC_ORDER_EVENTS", "order-events"),
         };
-        for (var, name) in [
-            ("TOPIC_CHECKOUTS", &topics.checkouts),
-            ("TOPIC_PAYMENT_CONFIRMATIONS", &topics.payment_confirmations),
-            ("TOPIC_CANCELLATIONS", &topics.cancellations),
-            ("TOPIC_ORDER_EVENTS", &topics.order_events),
-        ] {
+        for (var, name) in topics.vars() {
             check_topic_name(var, name)?;
         }
         let settings = Settings {

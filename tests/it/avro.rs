@@ -264,17 +264,13 @@ async fn schemas_check_fails_on_a_backward_incompatible_registered_version() {
     let env = env_with_registry(&registry).await;
     // Async: the registry double is served by this test's runtime.
     let run = |settings: &orderflow::config::Settings| {
-        let t = &settings.topics;
         tokio::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))
             .args(["schemas", "check"])
             .env(
                 "SCHEMA_REGISTRY_URL",
                 settings.schema_registry_url.as_deref().unwrap(),
             )
-            .env("TOPIC_CHECKOUTS", &t.checkouts)
-            .env("TOPIC_PAYMENT_CONFIRMATIONS", &t.payment_confirmations)
-            .env("TOPIC_CANCELLATIONS", &t.cancellations)
-            .env("TOPIC_ORDER_EVENTS", &t.order_events)
+            .envs(settings.topics.vars())
             .output()
     };
     let ok = run(&env.settings).await.unwrap();

@@ -23,7 +23,6 @@ impl Worker {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let t = &settings.topics;
         let child = Command::new(env!("CARGO_BIN_EXE_orderflow"))
             .arg("run")
             .env("DATABASE_URL", &settings.database_url)
@@ -31,10 +30,7 @@ impl Worker {
             .env("KAFKA_GROUP_ID", &settings.group_id)
             .env("KAFKA_CONSUMER_CONFIG", kafka_config)
             .env("KAFKA_STATISTICS_INTERVAL_MS", "500")
-            .env("TOPIC_CHECKOUTS", &t.checkouts)
-            .env("TOPIC_PAYMENT_CONFIRMATIONS", &t.payment_confirmations)
-            .env("TOPIC_CANCELLATIONS", &t.cancellations)
-            .env("TOPIC_ORDER_EVENTS", &t.order_events)
+            .envs(settings.topics.vars())
             .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("BATCH_MAX_WAIT_MS", "10")
             .env("OUTBOX_POLL_INTERVAL_MS", "50")
