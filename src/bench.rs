@@ -111,6 +111,8 @@ fn progress(msg: impl AsRef<str>) {
 
 /// Everything one bench run needs, on fresh names.
 struct Bench {
+    /// Names this run's database, topics and groups.
+    id: String,
     settings: Settings,
     pool: PgPool,
     /// Bulk loading: long linger, big batches.
@@ -141,8 +143,7 @@ pub async fn run(base: &Settings, options: &BenchOptions) -> anyhow::Result<Repo
         "database orderflow_bench_{id}, topics bench-{id}-*"
     ));
     crate::store::migrate(&settings.database_url).await?;
-    let specs = crate::kafka::topics::load_specs(std::path::Path::new("topics"))?;
-    crate::kafka::topics::apply(&settings, &specs).await?;
+    create_topics(&settings).await?;
     let pool = crate::store::pool(&settings.database_url, 16)?;
     let mut producer_config = crate::kafka::producer_config(&settings);
     producer_config
@@ -170,6 +171,7 @@ pub async fn run(base: &Settings, options: &BenchOptions) -> anyhow::Result<Repo
         }
     }
     let mut bench = Bench {
+        id,
         tables,
         ratios: (options.payment_ratio, options.cancellation_ratio),
         settings,
@@ -354,22 +356,11 @@ impl Bench {
 
     /// Messages handled so far by topic, from the worker's counters.
     async fn handled_by_topic(&self) -> anyhow::Result<String> {
-        let text = reqwest::get(format!("{}/metrics", self.http))
-            .await?
-            .text()
-            .await?;
-        let mut by_topic = std::collections::BTreeMap::<String, f64>::new();
-        for line in text.lines() {
-            let Some(rest) = line.strip_prefix("orderflow_messages_total{") else {
-                continue;
-            };
-            let topic = rest
-                .split("topic=\"")
-                .nth(1)
-                .and_then(|t| t.split('"').next());
-            let value = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
-            if let (Some(topic), Some(value)) = (topic, value) {
-                *by_topic.entry(short_topic(topic).to_owned()).or_default() += value;
+        let page = self.metrics_page().await?;
+        let mut by_topic = std::collections::BTreeMap::<&str, f64>::new();
+        for (labels, value) in samples(&page, "orderflow_messages_total") {
+            if let Some(topic) = label(labels, "topic") {
+                *by_topic.entry(short_topic(topic)).or_default() += value;
             }
         }
         Ok(by_topic
@@ -381,29 +372,28 @@ impl Bench {
 
     /// Mean messages per batch by topic, from the worker's histogram.
     async fn mean_batch_sizes(&self) -> anyhow::Result<Vec<(String, f64)>> {
-        let text = reqwest::get(format!("{}/metrics", self.http))
-            .await?
-            .text()
-            .await?;
-        let value = |prefix: &str| -> Vec<(String, f64)> {
-            text.lines()
-                .filter_map(|l| l.strip_prefix(prefix))
-                .filter_map(|rest| {
-                    let (labels, v) = rest.rsplit_once(' ')?;
-                    let topic = labels.split('"').nth(1)?.to_owned();
-                    Some((topic, v.parse().ok()?))
-                })
+        let page = self.metrics_page().await?;
+        let by_topic = |name| -> Vec<(&str, f64)> {
+            samples(&page, name)
+                .filter_map(|(labels, v)| Some((label(labels, "topic")?, v)))
                 .collect()
         };
-        let sums = value("orderflow_batch_size_messages_sum{");
-        let counts = value("orderflow_batch_size_messages_count{");
-        Ok(sums
+        let counts = by_topic("orderflow_batch_size_messages_count");
+        Ok(by_topic("orderflow_batch_size_messages_sum")
             .into_iter()
             .filter_map(|(t, sum)| {
                 let count = counts.iter().find(|(c, _)| *c == t)?.1;
-                Some((t, (sum / count * 10.0).round() / 10.0))
+                Some((t.to_owned(), (sum / count * 10.0).round() / 10.0))
             })
             .collect())
+    }
+
+    /// The worker's /metrics page.
+    async fn metrics_page(&self) -> anyhow::Result<String> {
+        Ok(reqwest::get(format!("{}/metrics", self.http))
+            .await?
+            .text()
+            .await?)
     }
 
     async fn processed(&self) -> anyhow::Result<i64> {
@@ -440,14 +430,10 @@ impl Bench {
         if let Some(mut w) = self.worker.take() {
             w.kill().await.context("failed to stop the worker")?;
         }
-        let prefix = format!(
-            "{}latency-",
-            self.settings.topics.checkouts.trim_end_matches("checkouts")
-        );
+        let prefix = format!("bench-{}-latency-", self.id);
         self.settings.topics = Topics::prefixed(&prefix);
-        self.settings.group_id = format!("{}-latency", self.settings.group_id);
-        let specs = crate::kafka::topics::load_specs(std::path::Path::new("topics"))?;
-        crate::kafka::topics::apply(&self.settings, &specs).await?;
+        self.settings.group_id = format!("orderflow-bench-{}-latency", self.id);
+        create_topics(&self.settings).await?;
         progress(format!("worker restarted on fresh topics {prefix}*"));
         self.start_worker(port, binary).await
     }
@@ -544,12 +530,8 @@ impl Bench {
 
     /// The worker's occurred_at → commit histogram for checkouts, from /metrics.
     async fn latency_histogram(&self) -> anyhow::Result<Histogram> {
-        let text = reqwest::get(format!("{}/metrics", self.http))
-            .await?
-            .text()
-            .await?;
         Ok(Histogram::parse(
-            &text,
+            &self.metrics_page().await?,
             "orderflow_end_to_end_latency_seconds",
             &self.settings.topics.checkouts,
         ))
@@ -558,34 +540,27 @@ impl Bench {
     /// Checkouts at a fixed rate, each stamped with its send time.
     async fn produce_at_rate(&self, rate: u64, secs: u64) -> anyhow::Result<u64> {
         let mut rng = rand::thread_rng();
-        let total = rate * secs;
-        let started = Instant::now();
-        let mut ticker = tokio::time::interval(Duration::from_millis(10));
-        let mut sent = 0u64;
-        while sent < total {
-            ticker.tick().await;
-            let due = ((started.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
-            while sent < due {
-                let order_id = format!("lat-{sent}");
-                let mut ev = crate::produce::sample_checkout(
-                    &mut rng,
-                    &order_id,
-                    900_000_000_000 + sent as i64,
-                    false,
-                );
-                ev.occurred_at = chrono::Utc::now();
-                crate::produce::enqueue(
-                    &self.latency_producer,
-                    &self.settings.topics.checkouts,
-                    &order_id,
-                    &serde_json::to_vec(&ev)?,
-                )?;
-                sent += 1;
+        let sent = at_rate(rate, secs, |n| {
+            let order_id = format!("lat-{n}");
+            let mut ev = crate::produce::sample_checkout(
+                &mut rng,
+                &order_id,
+                900_000_000_000 + n as i64,
+                false,
+            );
+            ev.occurred_at = chrono::Utc::now();
+            crate::produce::enqueue(
+                &self.latency_producer,
+                &self.settings.topics.checkouts,
+                &order_id,
+                &serde_json::to_vec(&ev)?,
+            )?;
+            if (n + 1) % (rate * 5) == 0 {
+                progress(format!("latency: sent {} / {}", n + 1, rate * secs));
             }
-            if sent % (rate * 5) == 0 && sent > 0 {
-                progress(format!("latency: sent {sent} / {total}"));
-            }
-        }
+            Ok(())
+        })
+        .await?;
         self.latency_producer
             .flush(Timeout::After(Duration::from_secs(30)))?;
         Ok(sent)
@@ -618,19 +593,13 @@ impl Bench {
         let producer = self.latency_producer.clone();
         let sender_topic = topic.clone();
         let sender = tokio::spawn(async move {
-            let begun = Instant::now();
-            let mut ticker = tokio::time::interval(Duration::from_millis(10));
-            let mut sent = 0u64;
-            while sent < total {
-                ticker.tick().await;
-                let due = ((begun.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
-                while sent < due {
-                    let now = chrono::Utc::now().timestamp_micros().to_string();
-                    let _ = producer
-                        .send_result(FutureRecord::to(&sender_topic).key(&now).payload(&now));
-                    sent += 1;
-                }
-            }
+            at_rate(rate, secs, |_| {
+                let now = chrono::Utc::now().timestamp_micros().to_string();
+                let _ =
+                    producer.send_result(FutureRecord::to(&sender_topic).key(&now).payload(&now));
+                Ok(())
+            })
+            .await
         });
         let mut latencies = Vec::with_capacity(total as usize);
         let deadline = Instant::now() + Duration::from_secs(secs + 20);
@@ -644,15 +613,9 @@ impl Bench {
                 latencies.push((chrono::Utc::now().timestamp_micros() - sent) as f64 / 1000.0);
             }
         }
-        sender.await?;
+        sender.await??;
         latencies.sort_by(|a, b| a.total_cmp(b));
-        let pct = |p: f64| {
-            latencies
-                .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-                .copied()
-                .unwrap_or(0.0)
-        };
-        Ok((pct(0.5), pct(0.99)))
+        Ok((percentile(&latencies, 0.5), percentile(&latencies, 0.99)))
     }
 
     /// The same mix through the same handlers, written by a plain loop with
@@ -807,17 +770,12 @@ impl Bench {
             progress(format!("  {errors} requests failed"));
         }
         all.sort_by(|a, b| a.total_cmp(b));
-        let pct = |p: f64| {
-            all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-                .copied()
-                .unwrap_or(0.0)
-        };
         let run = HttpRun {
             route: route.to_owned(),
             connections,
             requests_per_s: all.len() as f64 / elapsed,
-            p50_ms: pct(0.5),
-            p99_ms: pct(0.99),
+            p50_ms: percentile(&all, 0.5),
+            p99_ms: percentile(&all, 0.99),
             errors,
         };
         progress(format!(
@@ -898,21 +856,15 @@ struct Histogram {
 
 impl Histogram {
     /// The `name` histogram of `topic` from a /metrics page.
-    fn parse(text: &str, name: &str, topic: &str) -> Histogram {
-        let prefix = format!("{name}_bucket{{");
-        let label = format!("topic=\"{topic}\"");
-        let mut buckets: Vec<(f64, u64)> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix(&prefix))
-            .filter(|l| l.contains(&label))
-            .filter_map(|l| {
-                let le = l.split("le=\"").nth(1)?.split('"').next()?;
-                let le = if le == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    le.parse().ok()?
+    fn parse(page: &str, name: &str, topic: &str) -> Histogram {
+        let mut buckets: Vec<(f64, u64)> = samples(page, &format!("{name}_bucket"))
+            .filter(|(labels, _)| label(labels, "topic") == Some(topic))
+            .filter_map(|(labels, count)| {
+                let le = match label(labels, "le")? {
+                    "+Inf" => f64::INFINITY,
+                    le => le.parse().ok()?,
                 };
-                Some((le, l.rsplit(' ').next()?.parse().ok()?))
+                Some((le, count as u64))
             })
             .collect();
         buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -959,6 +911,60 @@ impl Histogram {
         }
         0.0
     }
+}
+
+/// The labelled samples of metric `name` on a /metrics page: (labels, value)
+/// for each `name{labels} value` line.
+fn samples<'a>(page: &'a str, name: &'a str) -> impl Iterator<Item = (&'a str, f64)> + 'a {
+    page.lines().filter_map(move |line| {
+        let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+        let (labels, value) = rest.rsplit_once("} ")?;
+        Some((labels, value.parse().ok()?))
+    })
+}
+
+/// The value of label `key` in `a="x",b="y"` (values here hold no commas).
+fn label<'a>(labels: &'a str, key: &str) -> Option<&'a str> {
+    labels.split(',').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == key).then(|| v.trim_matches('"'))
+    })
+}
+
+/// The value at fraction `p` of an ascending sample (0 when it is empty).
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0.0)
+}
+
+/// Calls `send(n)` for n = 0, 1, … at `rate` per second for `secs` seconds
+/// (every 10 ms, whatever has fallen due); returns how many were sent.
+async fn at_rate(
+    rate: u64,
+    secs: u64,
+    mut send: impl FnMut(u64) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
+    let total = rate * secs;
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_millis(10));
+    let mut sent = 0u64;
+    while sent < total {
+        ticker.tick().await;
+        let due = ((started.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
+        while sent < due {
+            send(sent)?;
+            sent += 1;
+        }
+    }
+    Ok(sent)
+}
+
+async fn create_topics(settings: &Settings) -> anyhow::Result<()> {
+    let specs = crate::kafka::topics::load_specs(std::path::Path::new("topics"))?;
+    crate::kafka::topics::apply(settings, &specs).await?;
+    Ok(())
 }
 
 /// `bench-<id>-checkouts` → `checkouts`.
