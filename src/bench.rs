@@ -1158,7 +1158,25 @@ impl Report {
 
 #[cfg(test)]
 mod tests {
-    use super::Histogram;
+    use super::{label, samples, Histogram};
+
+    #[test]
+    fn samples_and_labels_are_read_off_metric_lines() {
+        let page = "# HELP orderflow_messages_total x\n\
+            orderflow_messages_total{outcome=\"applied\",topic=\"checkouts\"} 18\n\
+            orderflow_messages_total_other{topic=\"x\"} 1\n\
+            orderflow_messages_total{outcome=\"duplicate\",topic=\"checkouts\"} 4\n";
+        let got: Vec<(Option<&str>, Option<&str>, f64)> = samples(page, "orderflow_messages_total")
+            .map(|(l, v)| (label(l, "topic"), label(l, "outcome"), v))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Some("checkouts"), Some("applied"), 18.0),
+                (Some("checkouts"), Some("duplicate"), 4.0)
+            ]
+        );
+    }
 
     const PAGE: &str = r#"orderflow_end_to_end_latency_seconds_bucket{topic="c",le="0.01"} 10
 orderflow_end_to_end_latency_seconds_bucket{topic="c",le="0.02"} 90
