@@ -672,10 +672,7 @@ impl Bench {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
-        let mut ids: Vec<&str> = batch.iter().map(|e| handler.order_id(e)).collect();
-        ids.dedup();
-        crate::store::lifecycle::lock_orders(&mut tx, &ids).await?;
-        handler.apply_batch(&mut tx, batch).await?;
+        crate::workers::apply_locked(handler, &mut tx, batch).await?;
         tx.commit().await?;
         Ok(())
     }

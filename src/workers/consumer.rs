@@ -487,8 +487,9 @@ struct Done {
     partition: i32,
     last_offset: i64,
     size: usize,
-    took: Duration,
-    report: Option<BatchReport>,
+    /// The batch's report and how long its committing attempt took; `None`
+    /// when it was abandoned at shutdown.
+    committed: Option<(BatchReport, Duration)>,
 }
 
 impl<H: Handler> BatchProcessor<'_, H> {
@@ -502,7 +503,7 @@ impl<H: Handler> BatchProcessor<'_, H> {
         let last = batch.last().expect("batches are never empty");
         let (partition, last_offset) = (last.partition, last.offset);
         let mut attempt = 0u32;
-        let report = loop {
+        let committed = loop {
             let started = Instant::now();
             let err = match self.apply_isolating(&batch).await {
                 Ok(report) => {
@@ -532,18 +533,19 @@ impl<H: Handler> BatchProcessor<'_, H> {
             partition,
             last_offset,
             size: batch.len(),
-            took: report.as_ref().map_or(Duration::ZERO, |(_, took)| *took),
-            report: report.map(|(r, _)| r),
+            committed,
         }
     }
 
     /// Reports a batch that left flight and, if it committed, stores its
     /// offset: only now may Kafka forget these messages.
     fn finish(&self, consumer: &StreamConsumer<LoopContext>, done: Done, buffers: &mut Buffers) {
-        buffers.finished(done.partition, done.report.is_some());
-        let Some(report) = done.report else { return };
+        buffers.finished(done.partition, done.committed.is_some());
+        let Some((report, took)) = done.committed else {
+            return;
+        };
         let metrics = &self.deps.metrics;
-        metrics.batch_committed(self.topic, done.size, done.took);
+        metrics.batch_committed(self.topic, done.size, took);
         let now = Utc::now();
         for (outcome, occurred_at, tally) in report.outcomes {
             metrics.message_handled(self.topic, outcome);
@@ -614,21 +616,9 @@ impl<H: Handler> BatchProcessor<'_, H> {
             }
         }
         let mut tx = self.begin().await?;
-        // Lock every order of the batch up front, in one canonical order, so
-        // loops of different topics can never deadlock on each other.
-        let order_ids: Vec<&str> = decoded
-            .iter()
-            .filter_map(|d| d.as_ref().ok())
-            .map(|e| self.handler.order_id(e))
-            .collect();
-        crate::store::lifecycle::lock_orders(&mut tx, &order_ids)
-            .await
-            .context("failed to lock orders")?;
         let mut outcomes = Vec::with_capacity(batch.len());
         let events: Vec<&H::Event> = decoded.iter().filter_map(|d| d.as_ref().ok()).collect();
-        let mut handled = self
-            .handler
-            .apply_batch(&mut tx, &events)
+        let mut handled = super::apply_locked(self.handler, &mut tx, &events)
             .await
             .with_context(|| match batch {
                 [one] => format!(

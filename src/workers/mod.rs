@@ -10,6 +10,7 @@ pub mod relay;
 
 use std::future::Future;
 
+use anyhow::Context;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
@@ -117,6 +118,22 @@ pub trait Handler: Send + Sync + 'static {
             Ok(handled.pop().expect("length checked"))
         }
     }
+}
+
+/// Applies a batch the way every writer must: the batch's orders locked
+/// first, in one canonical order (`store::lifecycle::lock_orders`, so loops
+/// of different topics never deadlock), then the handler, all in the
+/// caller's transaction.
+pub async fn apply_locked<H: Handler>(
+    handler: &H,
+    conn: &mut PgConnection,
+    events: &[&H::Event],
+) -> anyhow::Result<Vec<Handled>> {
+    let order_ids: Vec<&str> = events.iter().map(|e| handler.order_id(e)).collect();
+    crate::store::lifecycle::lock_orders(conn, &order_ids)
+        .await
+        .context("failed to lock orders")?;
+    handler.apply_batch(conn, events).await
 }
 
 /// Checks the envelope fields every input event has. Returns the order id.
