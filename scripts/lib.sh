@@ -15,7 +15,9 @@ die() { printf '\033[31merror:\033[0m %s\n' "$*" >&2; exit 1; }
 
 # Stops what we started, one at a time and in order (orderflow before the
 # broker, so its final offset commit still has a broker to go to).
+# A second Ctrl-C must not cut this short and leave the broker running.
 cleanup() {
+  trap '' INT TERM
   for pid in "${STARTED_PIDS[@]}"; do
     kill "$pid" 2>/dev/null || continue
     for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
