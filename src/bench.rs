@@ -1023,13 +1023,8 @@ fn mixed(
 /// A confirmed payment of the order's total, priced with the same tables the
 /// worker uses, so orders get PAID and cancelling a paid one requests a refund.
 fn payment_for(ev: &CheckoutEvent, tables: &PricingTables) -> PaymentConfirmation {
-    let ship_to = &ev.shipping_address;
-    let rate = tables.tax_rate_ppm(&ship_to.country, &ship_to.state);
     let amount_minor =
-        crate::domain::pricing::price_cart(&ev.currency, &ev.cart_lines(), rate, |c| {
-            tables.shipping_rule(c)
-        })
-        .map_or(1_000, |priced| priced.total.minor());
+        crate::workers::checkout::price(tables, ev).map_or(1_000, |priced| priced.total.minor());
     PaymentConfirmation {
         event_id: uuid::Uuid::new_v4().to_string(),
         order_id: ev.order_id.clone(),

@@ -133,13 +133,7 @@ impl Handler for CheckoutHandler {
             .iter()
             .map(|&i| {
                 let ev = events[i];
-                check_fields(ev).and_then(|()| {
-                    let ship_to = &ev.shipping_address;
-                    let rate = tables.tax_rate_ppm(&ship_to.country, &ship_to.state);
-                    pricing::price_cart(&ev.currency, &ev.cart_lines(), rate, |c| {
-                        tables.shipping_rule(c)
-                    })
-                })
+                check_fields(ev).and_then(|()| price(&tables, ev))
             })
             .collect();
         let reasons: Vec<Option<String>> = priced
@@ -284,6 +278,16 @@ impl Handler for CheckoutHandler {
 }
 
 /// Field-size checks that pricing does not cover.
+/// Prices a checkout's cart: tax by its shipping address, shipping by its
+/// currency, both from `tables`.
+pub fn price(tables: &PricingTables, ev: &CheckoutEvent) -> Result<PricedOrder, Rejection> {
+    let ship_to = &ev.shipping_address;
+    let rate = tables.tax_rate_ppm(&ship_to.country, &ship_to.state);
+    pricing::price_cart(&ev.currency, &ev.cart_lines(), rate, |c| {
+        tables.shipping_rule(c)
+    })
+}
+
 fn check_fields(ev: &CheckoutEvent) -> Result<(), Rejection> {
     let too_long = |value: &str| value.chars().count() > MAX_FIELD_LEN;
     if too_long(&ev.payment_method) || ev.payment_method.is_empty() {
