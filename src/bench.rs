@@ -20,6 +20,7 @@ use crate::config::{Settings, Topics};
 use crate::events::{
     Cancellation, CheckoutEvent, Codec, PaymentConfirmation, PaymentStatus, RequestedBy,
 };
+use crate::produce::{enqueue, InFlight};
 use crate::store::pricing_tables::PricingTables;
 use crate::workers::checkout::CheckoutHandler;
 use crate::workers::emit::Emitter;
@@ -122,6 +123,8 @@ struct Bench {
     latency_producer: FutureProducer,
     worker: Option<tokio::process::Child>,
     http: String,
+    /// For the worker's /readyz and /metrics (the load phases use `HttpConn`).
+    client: reqwest::Client,
     /// The fresh database's tax and shipping tables, to pay the right totals.
     tables: PricingTables,
     /// (payments, cancellations) per checkout.
@@ -180,6 +183,7 @@ pub async fn run(base: &Settings, options: &BenchOptions) -> anyhow::Result<Repo
         latency_producer,
         worker: None,
         http: format!("http://127.0.0.1:{port}"),
+        client: reqwest::Client::new(),
     };
     let result = bench.measure(options, port).await;
     if let Some(mut w) = bench.worker.take() {
@@ -390,7 +394,10 @@ impl Bench {
 
     /// The worker's /metrics page.
     async fn metrics_page(&self) -> anyhow::Result<String> {
-        Ok(reqwest::get(format!("{}/metrics", self.http))
+        Ok(self
+            .client
+            .get(format!("{}/metrics", self.http))
+            .send()
             .await?
             .text()
             .await?)
@@ -461,29 +468,35 @@ impl Bench {
             .context("failed to start the worker")?;
         self.worker = Some(child);
         let started = Instant::now();
-        let client = reqwest::Client::new();
-        while client
-            .get(format!("{}/readyz", self.http))
-            .send()
-            .await
-            .map(|r| r.status().is_success())
-            .unwrap_or(false)
-            .eq(&false)
-        {
+        loop {
+            let ready = self
+                .client
+                .get(format!("{}/readyz", self.http))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return Ok(());
+            }
             if started.elapsed() > Duration::from_secs(30) {
                 bail!("worker not ready after 30 s");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Ok(())
     }
 
-    /// The mix, produced as fast as the broker takes it.
+    /// The mix, produced as fast as the broker takes it; a failed delivery
+    /// stops the run (the worker would otherwise wait for it forever).
     async fn produce_mix(&self, checkouts: u64) -> anyhow::Result<u64> {
-        let t = self.settings.topics.clone();
+        let t = &self.settings.topics;
         let started = Instant::now();
         let mut sent = 0u64;
-        let mut pending = Vec::new();
+        // Per topic: deliveries are confirmed in order within one topic.
+        let mut in_flight = [
+            InFlight::new(&t.checkouts),
+            InFlight::new(&t.payment_confirmations),
+            InFlight::new(&t.cancellations),
+        ];
         let mut rng = rand::thread_rng();
         for n in 0..checkouts {
             let Mixed {
@@ -492,40 +505,28 @@ impl Bench {
                 cancellation,
             } = mixed(&mut rng, self.ratios, &self.tables, "b", n, 0);
             let key = checkout.order_id.clone();
-            pending.push(self.send(&t.checkouts, &key, serde_json::to_vec(&checkout)?)?);
-            if let Some(p) = payment {
-                pending.push(self.send(&t.payment_confirmations, &key, serde_json::to_vec(&p)?)?);
-            }
-            if let Some(c) = cancellation {
-                pending.push(self.send(&t.cancellations, &key, serde_json::to_vec(&c)?)?);
-            }
-            if pending.len() >= 50_000 {
-                sent += pending.len() as u64;
-                for d in pending.drain(..) {
-                    d.await.ok();
+            let payloads = [
+                Some(serde_json::to_vec(&checkout)?),
+                payment.map(|p| serde_json::to_vec(&p)).transpose()?,
+                cancellation.map(|c| serde_json::to_vec(&c)).transpose()?,
+            ];
+            for (topic, payload) in in_flight.iter_mut().zip(payloads) {
+                let Some(payload) = payload else { continue };
+                let delivery = enqueue(&self.producer, topic.topic, &key, &payload)?;
+                topic.push(delivery, None).await?;
+                sent += 1;
+                if sent % 50_000 == 0 {
+                    progress(format!(
+                        "produced {sent} events ({:.0}/s)",
+                        sent as f64 / started.elapsed().as_secs_f64()
+                    ));
                 }
-                progress(format!(
-                    "produced {sent} events ({:.0}/s)",
-                    sent as f64 / started.elapsed().as_secs_f64()
-                ));
             }
         }
-        sent += pending.len() as u64;
-        for d in pending {
-            d.await.ok();
+        for topic in &mut in_flight {
+            topic.confirm_all().await?;
         }
-        self.producer
-            .flush(Timeout::After(Duration::from_secs(60)))?;
         Ok(sent)
-    }
-
-    fn send(
-        &self,
-        topic: &str,
-        key: &str,
-        payload: Vec<u8>,
-    ) -> anyhow::Result<rdkafka::producer::DeliveryFuture> {
-        crate::produce::enqueue(&self.producer, topic, key, &payload)
     }
 
     /// The worker's occurred_at → commit histogram for checkouts, from /metrics.
@@ -595,9 +596,7 @@ impl Bench {
         let sender = tokio::spawn(async move {
             at_rate(rate, secs, |_| {
                 let now = chrono::Utc::now().timestamp_micros().to_string();
-                let _ =
-                    producer.send_result(FutureRecord::to(&sender_topic).key(&now).payload(&now));
-                Ok(())
+                enqueue(&producer, &sender_topic, &now, now.as_bytes()).map(drop)
             })
             .await
         });

@@ -121,15 +121,15 @@ pub fn enqueue(
 }
 
 /// Deliveries in flight, confirmed in order; at most `WINDOW` outstanding.
-struct InFlight<'a> {
-    topic: &'a str,
+pub(crate) struct InFlight<'a> {
+    pub(crate) topic: &'a str,
     pending: VecDeque<(DeliveryFuture, Option<String>)>,
 }
 
 impl<'a> InFlight<'a> {
     const WINDOW: usize = 10_000;
 
-    fn new(topic: &'a str) -> Self {
+    pub(crate) fn new(topic: &'a str) -> Self {
         InFlight {
             topic,
             pending: VecDeque::new(),
@@ -137,7 +137,11 @@ impl<'a> InFlight<'a> {
     }
 
     /// Tracks a delivery; `note` is printed once it is confirmed.
-    async fn push(&mut self, delivery: DeliveryFuture, note: Option<String>) -> anyhow::Result<()> {
+    pub(crate) async fn push(
+        &mut self,
+        delivery: DeliveryFuture,
+        note: Option<String>,
+    ) -> anyhow::Result<()> {
         self.pending.push_back((delivery, note));
         while self.pending.len() > Self::WINDOW {
             self.confirm_oldest().await?;
@@ -160,7 +164,7 @@ impl<'a> InFlight<'a> {
         Ok(())
     }
 
-    async fn confirm_all(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn confirm_all(&mut self) -> anyhow::Result<()> {
         while !self.pending.is_empty() {
             self.confirm_oldest().await?;
         }
