@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::parked;
@@ -19,6 +19,12 @@ use crate::telemetry::Metrics;
 /// How often the orders-by-status gauge is recounted.
 const ORDERS_COUNT_EVERY: Duration = Duration::from_secs(30);
 
+/// How often the tables are vacuumed where autovacuum is off.
+const VACUUM_EVERY: Duration = Duration::from_secs(60);
+
+/// Refreshes the gauges every `every` and, where autovacuum is off, vacuums
+/// on a schedule of its own: a pass can take most of a minute under load,
+/// and must hold up neither the gauges nor shutdown.
 pub async fn run(
     pool: PgPool,
     metrics: Arc<Metrics>,
@@ -30,27 +36,33 @@ pub async fn run(
         .fetch_one(&pool)
         .await
         .ok();
-    let analyze = autovacuum.as_deref() == Some("off");
-    if analyze {
+    let gauges = refresh_gauges(&pool, &metrics, max_age, every, &shutdown);
+    if autovacuum.as_deref() == Some("off") {
         tracing::warn!("autovacuum is off on this PostgreSQL server; orderflow will VACUUM ANALYZE its tables every minute");
+        tokio::join!(gauges, vacuum_periodically(&pool, &shutdown));
+    } else {
+        gauges.await;
     }
-    let mut last_vacuum = std::time::Instant::now();
+    Ok(())
+}
+
+async fn refresh_gauges(
+    pool: &PgPool,
+    metrics: &Metrics,
+    max_age: Duration,
+    every: Duration,
+    shutdown: &CancellationToken,
+) {
     let mut last_count: Option<std::time::Instant> = None;
     loop {
-        if analyze && last_vacuum.elapsed() >= Duration::from_secs(60) {
-            if let Err(e) = vacuum(&pool).await {
-                tracing::warn!(error = format!("{e:#}"), "VACUUM ANALYZE failed");
-            }
-            last_vacuum = std::time::Instant::now();
-        }
-        match parked::stats(&pool, max_age).await {
+        match parked::stats(pool, max_age).await {
             Ok(stats) => metrics.parked(&stats),
             Err(e) => tracing::debug!(error = %e, "could not read parked-event stats"),
         }
         if last_count.is_none_or(|at| at.elapsed() >= ORDERS_COUNT_EVERY) {
             let by_status: sqlx::Result<Vec<(String, i64)>> =
                 sqlx::query_as("SELECT status, count(*) FROM orders GROUP BY status")
-                    .fetch_all(&pool)
+                    .fetch_all(pool)
                     .await;
             match by_status {
                 Ok(counts) => metrics.set_orders_by_status(&counts),
@@ -59,8 +71,39 @@ pub async fn run(
             last_count = Some(std::time::Instant::now());
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+async fn vacuum_periodically(pool: &PgPool, shutdown: &CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(VACUUM_EVERY) => {}
+        }
+        let mut conn = match pool.acquire().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "no connection for VACUUM");
+                continue;
+            }
+        };
+        let finished = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => None,
+            result = vacuum(&mut conn) => Some(result),
+        };
+        match finished {
+            // Cut short mid-statement: the connection leaves the pool rather
+            // than go back to it busy; the next start vacuums again.
+            None => {
+                drop(conn.detach());
+                return;
+            }
+            Some(Err(e)) => tracing::warn!(error = format!("{e:#}"), "VACUUM ANALYZE failed"),
+            Some(Ok(())) => {}
         }
     }
 }
@@ -69,10 +112,9 @@ pub async fn run(
 /// paces itself (a cost-based delay), so the pass does not starve the
 /// batches running alongside: unpaced, it put a latency spike into every
 /// minute after a bulk load.
-async fn vacuum(pool: &PgPool) -> anyhow::Result<()> {
+async fn vacuum(conn: &mut PgConnection) -> anyhow::Result<()> {
     use anyhow::Context;
     let tables = "orders, order_items, order_status_history, processed_events, payments, refunds, parked_events, outbox";
-    let mut conn = pool.acquire().await.context("no connection for VACUUM")?;
     // VACUUM cannot run in a transaction, so the pacing is set on the
     // session and reset before the connection goes back to the pool.
     sqlx::query("SET vacuum_cost_delay = '2ms'")
