@@ -5,7 +5,11 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY migrations ./migrations
 COPY schemas ./schemas
-RUN cargo build --release --locked
+# Workspace members: cargo reads their manifests; only orderflow is built.
+COPY bench ./bench
+COPY testkit ./testkit
+COPY topics ./topics
+RUN cargo build --release --locked -p orderflow
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl && rm -rf /var/lib/apt/lists/* \

@@ -24,7 +24,7 @@ mkdir -p "$LOCAL/tansu"
 start_broker "sqlite://.local/tansu/tansu.db"
 
 say "building orderflow (release)"
-cargo build --release --locked --quiet
+cargo build --release --locked --quiet -p orderflow
 BIN="$ROOT/target/release/orderflow"
 export HTTP_ADDR="${HTTP_ADDR:-127.0.0.1:8080}"
 

@@ -1,9 +1,10 @@
 //! Wiring: builds the components `orderflow run` asks for, runs them until
 //! shutdown, and stops them in order (consumers finish their batch and commit,
-//! then the relay drains, then HTTP stops).
+//! then the relay drains, then HTTP and housekeeping stop).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::PgPool;
@@ -17,9 +18,10 @@ use crate::events::Codec;
 use crate::telemetry::Metrics;
 use crate::workers::checkout::CheckoutHandler;
 use crate::workers::consumer::{self, LoopDeps};
-use crate::workers::emit::Emitter;
-use crate::workers::lifecycle::{Lifecycle, LifecycleHandler};
+use crate::workers::housekeeping::{Duties, Housekeeping};
+use crate::workers::lifecycle::LifecycleHandler;
 use crate::workers::relay::Relay;
+use crate::workers::{Applier, Handler};
 
 /// A part of the service that can be deployed alone (`run --only ...`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -44,6 +46,11 @@ impl Component {
         Component::Relay,
         Component::Http,
     ];
+
+    /// Whether it writes the database (and so wants it vacuumed).
+    fn writes(self) -> bool {
+        self != Component::Http
+    }
 }
 
 /// A started service. Dropping it does not stop it; call [`Running::stop`].
@@ -86,157 +93,169 @@ pub async fn start(settings: Settings, components: &[Component]) -> anyhow::Resu
         None => Codec::new(settings.max_message_bytes),
     };
     let wakeup = Arc::new(Notify::new());
-    let consumers_stop = CancellationToken::new();
-    let rest_stop = CancellationToken::new();
-    let consumers = TaskTracker::new();
-    let rest = TaskTracker::new();
-
-    let deps = LoopDeps {
-        settings: settings.clone(),
-        pool: pool.clone(),
-        codec: codec.clone(),
+    let mut running = Running {
+        http_addr: None,
         metrics: metrics.clone(),
-        outbox_wakeup: wakeup.clone(),
+        pool: pool.clone(),
+        consumers_stop: CancellationToken::new(),
+        consumers: TaskTracker::new(),
+        rest_stop: CancellationToken::new(),
+        rest: TaskTracker::new(),
     };
-    let mut expected_consumers = Vec::new();
-
-    let emitter = Emitter::new(codec.clone(), settings.topics.order_events.clone());
-    let lifecycle = Arc::new(Lifecycle::new(emitter.clone()));
-    let loops = LoopSpawner {
-        deps: &deps,
-        tracker: &consumers,
-        stop: &consumers_stop,
-        fail: &rest_stop,
+    let loops = Loops {
+        deps: LoopDeps {
+            settings: settings.clone(),
+            pool: pool.clone(),
+            metrics: metrics.clone(),
+            outbox_wakeup: wakeup.clone(),
+        },
+        codec: codec.clone(),
+        running: &running,
+        wanted: components,
+        started: Vec::new(),
     };
-    if components.contains(&Component::Checkouts) {
-        let handler = CheckoutHandler::new(
-            emitter.clone(),
-            lifecycle.clone(),
-            settings.default_tax_rate_ppm,
-        );
-        expected_consumers.push(loops.spawn(
-            "checkouts consumer",
-            &settings.topics.checkouts,
-            handler,
-        ));
-    }
-    if components.contains(&Component::PaymentConfirmations) {
-        let handler = LifecycleHandler::payments(lifecycle.clone());
-        expected_consumers.push(loops.spawn(
-            "payments consumer",
-            &settings.topics.payment_confirmations,
-            handler,
-        ));
-    }
-    if components.contains(&Component::Cancellations) {
-        let handler = LifecycleHandler::cancellations(lifecycle.clone());
-        expected_consumers.push(loops.spawn(
-            "cancellations consumer",
-            &settings.topics.cancellations,
-            handler,
-        ));
-    }
+    let topics = &settings.topics;
+    let started = loops
+        .spawn(
+            Component::Checkouts,
+            &topics.checkouts,
+            CheckoutHandler::new(settings.default_tax_rate_ppm),
+        )
+        .spawn(
+            Component::PaymentConfirmations,
+            &topics.payment_confirmations,
+            LifecycleHandler::payments(),
+        )
+        .spawn(
+            Component::Cancellations,
+            &topics.cancellations,
+            LifecycleHandler::cancellations(),
+        )
+        .started;
 
     if components.contains(&Component::Relay) {
         let relay = Relay {
             settings: settings.clone(),
-            codec: codec.clone(),
+            codec,
             pool: pool.clone(),
             metrics: metrics.clone(),
-            wakeup: wakeup.clone(),
+            wakeup,
         };
-        rest.spawn(supervise(
-            "outbox relay",
-            rest_stop.clone(),
-            relay.run(rest_stop.clone()),
-        ));
+        running.spawn_rest("outbox relay", |stop| relay.run(stop));
     }
-
-    let mut http_addr = None;
+    spawn_housekeeping(&running, &settings, components);
     if components.contains(&Component::Http) {
         let state = crate::http::AppState {
-            pool: pool.clone(),
-            metrics: metrics.clone(),
-            expected_consumers: Arc::new(expected_consumers),
+            pool,
+            metrics,
+            expected_consumers: Arc::new(started),
         };
-        let listener = tokio::net::TcpListener::bind(settings.http_addr)
-            .await
-            .with_context(|| format!("failed to bind HTTP_ADDR={}", settings.http_addr))?;
-        let addr = listener
-            .local_addr()
-            .context("failed to read the bound address")?;
-        http_addr = Some(addr);
-        rest.spawn(supervise(
-            "housekeeping",
-            rest_stop.clone(),
-            crate::workers::housekeeping::run(
-                pool.clone(),
-                metrics.clone(),
-                settings.parked_max_age,
-                std::time::Duration::from_secs(5),
-                rest_stop.clone(),
-            ),
-        ));
-        let stop = rest_stop.clone();
-        let server = async move {
-            axum::serve(listener, crate::http::router(state))
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-                .context("HTTP server failed")
-        };
-        rest.spawn(supervise("http server", rest_stop.clone(), server));
-        info!(%addr, "HTTP listening");
+        running.http_addr = Some(serve_http(&running, settings.http_addr, state).await?);
     }
-
-    Ok(Running {
-        http_addr,
-        metrics,
-        pool,
-        consumers_stop,
-        consumers,
-        rest_stop,
-        rest,
-    })
+    Ok(running)
 }
 
-/// Starts consumer loops on the consumers' tracker and stop token.
-struct LoopSpawner<'a> {
-    deps: &'a LoopDeps,
-    tracker: &'a TaskTracker,
-    stop: &'a CancellationToken,
-    /// Cancelled when a loop fails, to stop the whole process.
-    fail: &'a CancellationToken,
+/// Housekeeping, with the duties the components need: gauges wherever
+/// `/metrics` is served, VACUUM (where autovacuum is off) wherever a
+/// component writes.
+fn spawn_housekeeping(running: &Running, settings: &Settings, components: &[Component]) {
+    let duties = Duties {
+        gauges: components.contains(&Component::Http),
+        vacuum: components.iter().any(|c| c.writes()),
+    };
+    if duties.gauges || duties.vacuum {
+        let housekeeping = Housekeeping {
+            pool: running.pool.clone(),
+            metrics: running.metrics.clone(),
+            parked_max_age: settings.parked_max_age,
+            gauge_interval: Duration::from_secs(5),
+            duties,
+        };
+        running.spawn_rest("housekeeping", |stop| housekeeping.run(stop));
+    }
 }
 
-impl LoopSpawner<'_> {
-    /// Spawns the loop of `topic`; returns the topic for `/readyz`.
-    fn spawn<H: crate::workers::Handler>(
-        &self,
-        name: &'static str,
-        topic: &str,
-        handler: H,
-    ) -> String {
-        let run = consumer::run(
-            self.deps.clone(),
-            Arc::new(handler),
-            topic.to_owned(),
-            self.stop.clone(),
-        );
-        self.tracker.spawn(supervise(name, self.fail.clone(), run));
-        topic.to_owned()
+/// Binds `addr` and serves the API until the rest of the service stops.
+async fn serve_http(
+    running: &Running,
+    addr: SocketAddr,
+    state: crate::http::AppState,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("failed to bind HTTP_ADDR={addr}"))?;
+    let bound = listener
+        .local_addr()
+        .context("failed to read the bound address")?;
+    running.spawn_rest("http server", move |stop| async move {
+        axum::serve(listener, crate::http::router(state))
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+            .context("HTTP server failed")
+    });
+    info!(addr = %bound, "HTTP listening");
+    Ok(bound)
+}
+
+impl Running {
+    /// Spawns a component that stops with the relay and HTTP.
+    fn spawn_rest<F, Fut>(&self, name: &'static str, task: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let run = task(self.rest_stop.clone());
+        self.rest
+            .spawn(supervise(name, self.rest_stop.clone(), run));
+    }
+}
+
+/// Starts the consumer loops that were asked for.
+struct Loops<'a> {
+    deps: LoopDeps,
+    codec: Codec,
+    running: &'a Running,
+    wanted: &'a [Component],
+    /// Topics of the loops started, for `/readyz`.
+    started: Vec<String>,
+}
+
+impl Loops<'_> {
+    /// Spawns the loop of `topic` with `handler` if `component` was asked for.
+    fn spawn<H: Handler>(mut self, component: Component, topic: &str, handler: H) -> Self {
+        if self.wanted.contains(&component) {
+            let order_events = &self.deps.settings.topics.order_events;
+            let applier = Arc::new(Applier::new(
+                handler,
+                self.codec.clone(),
+                topic,
+                order_events,
+            ));
+            let run = consumer::run(
+                self.deps.clone(),
+                applier,
+                self.running.consumers_stop.clone(),
+            );
+            let name = format!("{topic} consumer");
+            self.running
+                .consumers
+                .spawn(supervise(name, self.running.rest_stop.clone(), run));
+            self.started.push(topic.to_owned());
+        }
+        self
     }
 }
 
 /// Runs a component; if it fails, logs why and asks the whole process to
 /// stop, so a supervisor (systemd, Kubernetes) restarts it cleanly.
 async fn supervise(
-    name: &'static str,
+    name: impl std::fmt::Display,
     stop_all: CancellationToken,
     task: impl std::future::Future<Output = anyhow::Result<()>>,
 ) {
     if let Err(e) = task.await {
         error!(
-            component = name,
+            component = %name,
             error = format!("{e:#}"),
             "component failed; shutting down"
         );

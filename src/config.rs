@@ -76,7 +76,8 @@ impl Default for Topics {
     }
 }
 
-#[derive(Debug, Clone)]
+/// `Debug` leaves out secrets: see the impl below.
+#[derive(Clone)]
 pub struct Settings {
     pub database_url: String,
     pub database_max_connections: u32,
@@ -110,6 +111,44 @@ pub struct Settings {
     pub parked_max_age: Duration,
     /// Confluent-compatible schema registry; enables Avro in and out.
     pub schema_registry_url: Option<String>,
+}
+
+impl std::fmt::Debug for Settings {
+    /// The database URL with its password replaced, and of the Kafka extras
+    /// only the keys: values such as `sasl.password` are secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys = |extra: &[(String, String)]| -> Vec<String> {
+            extra.iter().map(|(k, _)| format!("{k}=***")).collect()
+        };
+        f.debug_struct("Settings")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("database_max_connections", &self.database_max_connections)
+            .field("kafka_brokers", &self.kafka_brokers)
+            .field("kafka_extra", &keys(&self.kafka_extra))
+            .field("kafka_consumer_extra", &keys(&self.kafka_consumer_extra))
+            .field("kafka_producer_extra", &keys(&self.kafka_producer_extra))
+            .field("group_id", &self.group_id)
+            .field("topics", &self.topics)
+            .field("topic_replication_factor", &self.topic_replication_factor)
+            .field("http_addr", &self.http_addr)
+            .field("batch_max_messages", &self.batch_max_messages)
+            .field("batch_max_wait", &self.batch_max_wait)
+            .field("batch_concurrency", &self.batch_concurrency)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("outbox_poll_interval", &self.outbox_poll_interval)
+            .field("outbox_batch_size", &self.outbox_batch_size)
+            .field("outbox_retention", &self.outbox_retention)
+            .field("default_tax_rate_ppm", &self.default_tax_rate_ppm)
+            .field("statistics_interval", &self.statistics_interval)
+            .field("log_format", &self.log_format)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("parked_max_age", &self.parked_max_age)
+            .field(
+                "schema_registry_url",
+                &self.schema_registry_url.as_deref().map(redact_url),
+            )
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -408,5 +447,24 @@ mod tests {
             "postgres://u:***@h/db"
         );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn debug_output_holds_no_secrets() {
+        let s = settings(&[
+            ("DATABASE_URL", "postgres://app:db-secret@db:5432/orders"),
+            ("KAFKA_CONFIG", "sasl.password=kafka-secret"),
+            ("KAFKA_PRODUCER_CONFIG", "ssl.key.password=key-secret"),
+        ])
+        .unwrap();
+        let shown = format!("{s:?}");
+        for secret in ["db-secret", "kafka-secret", "key-secret"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("postgres://app:***@db:5432/orders"),
+            "{shown}"
+        );
+        assert!(shown.contains("sasl.password=***"), "{shown}");
     }
 }

@@ -5,21 +5,28 @@
 //! - [`config`]: settings from the environment, checked at start.
 //! - [`domain`]: pure rules — ids, money, currencies, pricing, statuses, the
 //!   order state machine.
-//! - [`events`]: wire types, Avro schemas and the codec seam (JSON and
-//!   Confluent Avro, detected per message).
-//! - [`store`]: PostgreSQL — orders, inbox (dedupe), outbox, read queries.
-//! - [`workers`]: handlers (pure of Kafka), the generic consumer loop, the
-//!   outbox relay.
-//! - [`kafka`]: client configuration, topic definitions, dead letters.
+//! - [`events`]: wire types, Avro schemas, the dead-letter format and the
+//!   codec seam (JSON and Confluent Avro, detected per message).
+//! - [`store`]: PostgreSQL, and the only module that speaks SQL — orders,
+//!   inbox (dedupe), outbox, read queries, and the one value a batch writes
+//!   ([`store::changes::Changes`]).
+//! - [`kafka`]: client configuration, topic definitions.
+//! - [`telemetry`]: logging and metric definitions (a leaf: imports nothing
+//!   of orderflow).
+//! - [`workers`]: handlers that decide (pure of Kafka, inbox and outbox), the
+//!   batch applier that owns the transaction protocol, the generic consumer
+//!   loop, the outbox relay, housekeeping.
 //! - [`http`]: the read API, health and metrics.
 //! - [`app`]: wiring and graceful shutdown.
 //! - [`produce`]: sample traffic.
 //! - [`schemas`]: `schemas register` / `schemas check` against a registry.
-//! - [`bench`]: the benchmark harness.
-//! - [`telemetry`]: logging and metric definitions.
+//!
+//! Layers, each importing only from those before it: `config` and `domain`
+//! → `events` → `store` → `kafka`, `telemetry` → `workers`, `http`,
+//! `produce`, `schemas` → `app` → `main`. The benchmark is a separate crate
+//! (`bench/`) and shares the "fresh world" kit (`testkit/`) with the tests.
 
 pub mod app;
-pub mod bench;
 pub mod config;
 pub mod domain;
 pub mod events;

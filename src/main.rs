@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use orderflow::app::{self, Component};
-use orderflow::config::Settings;
+use orderflow::config::{LogFormat, Settings};
 use orderflow::kafka::topics;
 use orderflow::{produce, store, telemetry};
 
@@ -45,29 +45,36 @@ enum Command {
         #[command(subcommand)]
         command: SchemasCommand,
     },
-    /// Measure throughput, latency, HTTP and memory against same-run baselines.
-    Bench(orderflow::bench::BenchOptions),
-    /// Send sample checkouts, or the JSON lines of a file, to a topic.
-    Produce {
-        /// Number of sample checkouts.
-        #[arg(long, default_value_t = 10)]
-        count: u64,
-        /// Pause between samples, in milliseconds.
-        #[arg(long, default_value_t = 0)]
-        interval_ms: u64,
-        /// Make every n-th sample invalid (0: none).
-        #[arg(long, default_value_t = 0)]
-        invalid_every: u64,
-        /// Send every n-th sample twice (0: none).
-        #[arg(long, default_value_t = 0)]
-        duplicate_every: u64,
-        /// Send each line of this JSON-lines file instead of samples.
-        #[arg(long)]
-        file: Option<PathBuf>,
-        /// Topic for --file (default: the checkouts topic).
-        #[arg(long)]
-        topic: Option<String>,
+    /// The benchmark is its own binary now (`./scripts/bench.sh`).
+    #[command(hide = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
+    /// Send sample checkouts, or the JSON lines of a file, to a topic.
+    Produce(ProduceArgs),
+}
+
+#[derive(clap::Args)]
+struct ProduceArgs {
+    /// Number of sample checkouts.
+    #[arg(long, default_value_t = 10)]
+    count: u64,
+    /// Pause between samples, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    interval_ms: u64,
+    /// Make every n-th sample invalid (0: none).
+    #[arg(long, default_value_t = 0)]
+    invalid_every: u64,
+    /// Send every n-th sample twice (0: none).
+    #[arg(long, default_value_t = 0)]
+    duplicate_every: u64,
+    /// Send each line of this JSON-lines file instead of samples.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Topic for --file (default: the checkouts topic).
+    #[arg(long)]
+    topic: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -97,7 +104,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init_tracing(settings.log_format);
+    telemetry::init_tracing(settings.log_format == LogFormat::Json);
     match execute(cli.command, settings).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -115,19 +122,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Topics {
             command: TopicsCommand::Apply { dir },
-        } => {
-            let specs = topics::load_specs(&dir)?;
-            for (name, applied) in topics::apply(&settings, &specs).await? {
-                println!(
-                    "{name}: {}",
-                    if applied == topics::Applied::Created {
-                        "created"
-                    } else {
-                        "exists"
-                    }
-                );
-            }
-        }
+        } => apply_topics(&settings, &dir).await?,
         Command::Schemas {
             command: SchemasCommand::Register,
         } => {
@@ -137,89 +132,103 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Schemas {
             command: SchemasCommand::Check,
-        } => {
-            let mut broken = 0;
-            for (subject, verdict) in orderflow::schemas::check(&settings).await? {
-                match verdict {
-                    orderflow::schemas::Check::New => {
-                        println!("{subject}: new subject, nothing to compare")
-                    }
-                    orderflow::schemas::Check::Compatible { latest_version } => {
-                        println!(
-                            "{subject}: BACKWARD compatible with version {}",
-                            latest_version.unwrap_or_default()
-                        )
-                    }
-                    orderflow::schemas::Check::Incompatible {
-                        latest_version,
-                        reason,
-                    } => {
-                        broken += 1;
-                        println!(
-                            "{subject}: NOT backward compatible with version {}: {reason}",
-                            latest_version.unwrap_or_default()
-                        );
-                    }
-                }
-            }
-            if broken > 0 {
-                anyhow::bail!("{broken} schema(s) would break consumers");
-            }
-        }
-        Command::Bench(options) => {
-            let report = orderflow::bench::run(&settings, &options).await?;
-            report.print_table();
-            if options.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            }
-        }
-        Command::Produce {
-            count,
-            interval_ms,
-            invalid_every,
-            duplicate_every,
-            file,
-            topic,
-        } => match file {
-            Some(path) => {
-                let topic = topic.unwrap_or_else(|| settings.topics.checkouts.clone());
-                let sent = produce::from_file(&settings, &topic, &path).await?;
-                println!("sent {sent} messages to {topic}");
-            }
-            None => {
-                let options = produce::SampleOptions {
-                    count,
-                    interval: Duration::from_millis(interval_ms),
-                    invalid_every,
-                    duplicate_every,
-                };
-                produce::samples(&settings, &options).await?;
-            }
-        },
-        Command::Run { only, migrate } => {
-            if migrate {
-                store::migrate(&settings.database_url).await?;
-            }
-            let grace = settings.shutdown_timeout;
-            let components = if only.is_empty() {
-                Component::ALL.to_vec()
-            } else {
-                only
-            };
-            let running = app::start(settings, &components).await?;
-            tokio::select! {
-                signal = shutdown_signal() => signal?,
-                _ = running.stopped() => tracing::error!("a component failed"),
-            }
-            tracing::info!("shutting down: finishing batches in hand");
-            if tokio::time::timeout(grace, running.stop()).await.is_err() {
-                // Whatever was not committed is redelivered on restart.
-                anyhow::bail!(
-                    "graceful shutdown took longer than SHUTDOWN_TIMEOUT_SECS={}",
-                    grace.as_secs()
+        } => check_schemas(&settings).await?,
+        Command::Bench { .. } => anyhow::bail!(
+            "the benchmark is its own binary now: ./scripts/bench.sh [OPTIONS] \
+             (or cargo run --release -p orderflow-bench -- [OPTIONS])"
+        ),
+        Command::Produce(args) => produce(&settings, args).await?,
+        Command::Run { only, migrate } => run(settings, only, migrate).await?,
+    }
+    Ok(())
+}
+
+async fn apply_topics(settings: &Settings, dir: &std::path::Path) -> anyhow::Result<()> {
+    let specs = topics::load_specs(dir)?;
+    for (name, applied) in topics::apply(settings, &specs).await? {
+        let what = match applied {
+            topics::Applied::Created => "created",
+            topics::Applied::Existed => "exists",
+        };
+        println!("{name}: {what}");
+    }
+    Ok(())
+}
+
+async fn check_schemas(settings: &Settings) -> anyhow::Result<()> {
+    use orderflow::schemas::Check;
+    let mut broken = 0;
+    for (subject, verdict) in orderflow::schemas::check(settings).await? {
+        match verdict {
+            Check::New => println!("{subject}: new subject, nothing to compare"),
+            Check::Compatible { latest_version } => println!(
+                "{subject}: BACKWARD compatible with version {}",
+                latest_version.unwrap_or_default()
+            ),
+            Check::Incompatible {
+                latest_version,
+                reason,
+            } => {
+                broken += 1;
+                println!(
+                    "{subject}: NOT backward compatible with version {}: {reason}",
+                    latest_version.unwrap_or_default()
                 );
             }
         }
+    }
+    if broken > 0 {
+        anyhow::bail!("{broken} schema(s) would break consumers");
+    }
+    Ok(())
+}
+
+async fn produce(settings: &Settings, args: ProduceArgs) -> anyhow::Result<()> {
+    match args.file {
+        Some(path) => {
+            let topic = args
+                .topic
+                .unwrap_or_else(|| settings.topics.checkouts.clone());
+            let sent = produce::from_file(settings, &topic, &path).await?;
+            println!("sent {sent} messages to {topic}");
+        }
+        None => {
+            let options = produce::SampleOptions {
+                count: args.count,
+                interval: Duration::from_millis(args.interval_ms),
+                invalid_every: args.invalid_every,
+                duplicate_every: args.duplicate_every,
+            };
+            produce::samples(settings, &options).await?;
+        }
+    }
+    Ok(())
+}
+
+/// `orderflow run`: the components until SIGINT/SIGTERM (or until one
+/// fails), then a graceful stop bounded by `SHUTDOWN_TIMEOUT_SECS`.
+async fn run(settings: Settings, only: Vec<Component>, migrate: bool) -> anyhow::Result<()> {
+    if migrate {
+        store::migrate(&settings.database_url).await?;
+    }
+    let grace = settings.shutdown_timeout;
+    let components = if only.is_empty() {
+        Component::ALL.to_vec()
+    } else {
+        only
+    };
+    let running = app::start(settings, &components).await?;
+    tokio::select! {
+        signal = shutdown_signal() => signal?,
+        _ = running.stopped() => tracing::error!("a component failed"),
+    }
+    tracing::info!("shutting down: finishing batches in hand");
+    if tokio::time::timeout(grace, running.stop()).await.is_err() {
+        // Whatever was not committed is redelivered on restart.
+        anyhow::bail!(
+            "graceful shutdown took longer than SHUTDOWN_TIMEOUT_SECS={}",
+            grace.as_secs()
+        );
     }
     Ok(())
 }

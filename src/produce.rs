@@ -16,6 +16,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 
 use crate::config::Settings;
+use crate::domain::{EventId, OrderId};
 use crate::events::{Address, CheckoutEvent, CheckoutItem};
 
 const CATALOGUE: &[(&str, &str, i64)] = &[
@@ -38,7 +39,7 @@ const PLACES: &[(&str, &str, &str)] = &[
 /// A plausible checkout for `order_id`; `invalid` makes it one the rules reject.
 pub fn sample_checkout(
     rng: &mut impl Rng,
-    order_id: &str,
+    order_id: &OrderId,
     cart_id: i64,
     invalid: bool,
 ) -> CheckoutEvent {
@@ -69,8 +70,9 @@ pub fn sample_checkout(
         country: country.into(),
     };
     CheckoutEvent {
-        event_id: uuid::Uuid::new_v4().to_string(),
-        order_id: order_id.into(),
+        event_id: EventId::parse(&uuid::Uuid::new_v4().to_string())
+            .expect("a UUID is a valid event id"),
+        order_id: order_id.clone(),
         cart_id,
         user_id: rng.gen_range(1..=20),
         currency: currency.into(),
@@ -121,15 +123,15 @@ pub fn enqueue(
 }
 
 /// Deliveries in flight, confirmed in order; at most `WINDOW` outstanding.
-pub(crate) struct InFlight<'a> {
-    pub(crate) topic: &'a str,
+pub struct InFlight<'a> {
+    pub topic: &'a str,
     pending: VecDeque<(DeliveryFuture, Option<String>)>,
 }
 
 impl<'a> InFlight<'a> {
     const WINDOW: usize = 10_000;
 
-    pub(crate) fn new(topic: &'a str) -> Self {
+    pub fn new(topic: &'a str) -> Self {
         InFlight {
             topic,
             pending: VecDeque::new(),
@@ -137,7 +139,7 @@ impl<'a> InFlight<'a> {
     }
 
     /// Tracks a delivery; `note` is printed once it is confirmed.
-    pub(crate) async fn push(
+    pub async fn push(
         &mut self,
         delivery: DeliveryFuture,
         note: Option<String>,
@@ -164,7 +166,7 @@ impl<'a> InFlight<'a> {
         Ok(())
     }
 
-    pub(crate) async fn confirm_all(&mut self) -> anyhow::Result<()> {
+    pub async fn confirm_all(&mut self) -> anyhow::Result<()> {
         while !self.pending.is_empty() {
             self.confirm_oldest().await?;
         }
@@ -201,7 +203,7 @@ pub async fn samples(settings: &Settings, options: &SampleOptions) -> anyhow::Re
     let mut rng = rand::thread_rng();
     let run = Utc::now().timestamp_millis();
     for n in 1..=options.count {
-        let order_id = format!("ord-{run}-{n}");
+        let order_id = OrderId::parse(&format!("ord-{run}-{n}")).context("sample order id")?;
         let cart_id = run * 1_000 + n as i64;
         let invalid = options.invalid_every > 0 && n % options.invalid_every == 0;
         let event = sample_checkout(&mut rng, &order_id, cart_id, invalid);
@@ -213,11 +215,17 @@ pub async fn samples(settings: &Settings, options: &SampleOptions) -> anyhow::Re
         );
         if options.duplicate_every > 0 && n % options.duplicate_every == 0 {
             in_flight
-                .push(enqueue(&producer, topic, &order_id, &payload)?, None)
+                .push(
+                    enqueue(&producer, topic, order_id.as_str(), &payload)?,
+                    None,
+                )
                 .await?;
         }
         in_flight
-            .push(enqueue(&producer, topic, &order_id, &payload)?, Some(note))
+            .push(
+                enqueue(&producer, topic, order_id.as_str(), &payload)?,
+                Some(note),
+            )
             .await?;
         if !options.interval.is_zero() {
             in_flight.confirm_all().await?;

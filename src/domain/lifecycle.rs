@@ -1,5 +1,6 @@
 //! The order state machine: what a payment confirmation or a cancellation
-//! does to an order. Pure; the handlers persist what [`decide`] returns.
+//! does to an order. Pure; the lifecycle handler persists the [`Decision`]s
+//! that [`decide_payment`] and [`decide_cancellation`] return.
 //!
 //! | order state | event | result |
 //! |---|---|---|
@@ -19,6 +20,8 @@
 //! the order is never kept, whatever the order's state. Dedupe (same
 //! `event_id`, same `payment_id` with the same status) happens before this.
 
+use serde::{Deserialize, Serialize};
+
 use super::{Money, OrderStatus};
 
 /// What the state machine needs to know about an order.
@@ -33,10 +36,79 @@ pub struct OrderFacts {
     pub paid_by: Option<(String, Money)>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the provider says happened to a payment (`status` on the wire and in
+/// `payments.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum PaymentStatus {
     Confirmed,
     Failed,
+}
+
+impl PaymentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentStatus::Confirmed => "CONFIRMED",
+            PaymentStatus::Failed => "FAILED",
+        }
+    }
+}
+
+impl std::str::FromStr for PaymentStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [PaymentStatus::Confirmed, PaymentStatus::Failed]
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| format!("unknown payment status {s:?}"))
+    }
+}
+
+/// Who asked for a cancellation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RequestedBy {
+    Customer,
+    Support,
+    System,
+}
+
+impl RequestedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestedBy::Customer => "CUSTOMER",
+            RequestedBy::Support => "SUPPORT",
+            RequestedBy::System => "SYSTEM",
+        }
+    }
+}
+
+/// What a payment did to its order, as stored in `payments.disposition`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// It paid the order.
+    Paid,
+    /// A failed payment that moved the order to PAYMENT_FAILED.
+    Failed,
+    /// Confirmed money that did not fit the order (amount or currency).
+    Rejected,
+    /// Confirmed money the order could not keep (already paid, cancelled,
+    /// rejected): refunded.
+    Refunded,
+    /// Changed nothing (a failed payment for an order past pending).
+    Ignored,
+}
+
+impl Disposition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Disposition::Paid => "PAID",
+            Disposition::Failed => "FAILED",
+            Disposition::Rejected => "REJECTED",
+            Disposition::Refunded => "REFUNDED",
+            Disposition::Ignored => "IGNORED",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +123,7 @@ pub struct Payment {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cancellation {
     pub reason: String,
-    pub requested_by: String,
+    pub requested_by: RequestedBy,
 }
 
 /// One consequence of an event, to be persisted and published.
@@ -67,7 +139,7 @@ pub enum Effect {
     },
     Cancelled {
         reason: String,
-        requested_by: String,
+        requested_by: RequestedBy,
     },
     RefundRequested {
         payment_id: String,
@@ -101,6 +173,22 @@ impl Decision {
     /// Nothing changed and nothing is announced.
     pub fn is_ignored(&self) -> bool {
         self.new_status.is_none() && self.effects.is_empty()
+    }
+
+    /// What this decision did with the payment it was made for.
+    pub fn disposition(&self) -> Disposition {
+        let has = |f: fn(&Effect) -> bool| self.effects.iter().any(f);
+        if has(|e| matches!(e, Effect::Paid { .. })) {
+            Disposition::Paid
+        } else if has(|e| matches!(e, Effect::PaymentFailed { .. })) {
+            Disposition::Failed
+        } else if has(|e| matches!(e, Effect::PaymentRejected { .. })) {
+            Disposition::Rejected
+        } else if has(|e| matches!(e, Effect::RefundRequested { .. })) {
+            Disposition::Refunded
+        } else {
+            Disposition::Ignored
+        }
     }
 }
 
@@ -190,7 +278,7 @@ pub fn decide_cancellation(order: &OrderFacts, c: &Cancellation) -> Decision {
     use OrderStatus::*;
     let cancelled = Effect::Cancelled {
         reason: c.reason.clone(),
-        requested_by: c.requested_by.clone(),
+        requested_by: c.requested_by,
     };
     match order.status {
         PendingPayment | PaymentFailed => Decision {
@@ -264,7 +352,7 @@ mod tests {
     fn cancel() -> Cancellation {
         Cancellation {
             reason: "changed mind".into(),
-            requested_by: "CUSTOMER".into(),
+            requested_by: RequestedBy::Customer,
         }
     }
 

@@ -1,4 +1,5 @@
-//! Pure business rules: identifiers, money, currencies, pricing and order status.
+//! Pure business rules: identifiers, money, currencies, pricing, order status
+//! and the order state machine.
 //!
 //! Nothing here performs I/O; every type is parsed at the edge so that a value
 //! that exists is a valid one. Unit tests live next to the code.
@@ -11,7 +12,7 @@ pub mod pricing;
 pub mod status;
 
 pub use currency::Currency;
-pub use ids::OrderId;
+pub use ids::{EventId, OrderId};
 pub use money::Money;
 pub use status::OrderStatus;
 

@@ -125,9 +125,9 @@ pub fn order_event_value(event: &OrderEvent) -> anyhow::Result<Value> {
     let mut fields = Vec::with_capacity(envelope.fields.len());
     for field in &envelope.fields {
         let value = match field.name.as_str() {
-            "event_id" => Value::String(event.event_id.clone()),
-            "causation_event_id" => Value::String(event.causation_event_id.clone()),
-            "order_id" => Value::String(event.order_id.clone()),
+            "event_id" => Value::String(event.event_id.to_string()),
+            "causation_event_id" => Value::String(event.causation_event_id.to_string()),
+            "order_id" => Value::String(event.order_id.to_string()),
             "status" => Value::String(event.status.as_str().to_owned()),
             "occurred_at" => Value::TimestampMillis(event.occurred_at.timestamp_millis()),
             "event_type" => Value::String(event.event_type().to_owned()),
@@ -191,7 +191,8 @@ fn snake_case(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::OrderStatus;
+    use crate::domain::lifecycle::RequestedBy;
+    use crate::domain::{EventId, OrderId, OrderStatus};
     use crate::events::OrderEventBody;
 
     #[test]
@@ -236,7 +237,7 @@ mod tests {
             },
             OrderEventBody::OrderCancelled {
                 reason: "r".into(),
-                requested_by: "SUPPORT".into(),
+                requested_by: RequestedBy::Support,
             },
             OrderEventBody::RefundRequested {
                 payment_id: "p".into(),
@@ -252,7 +253,9 @@ mod tests {
             },
         ];
         for body in bodies {
-            let event = OrderEvent::new("cause", "o-1", OrderStatus::Paid, body);
+            let cause = EventId::parse("cause").unwrap();
+            let order = OrderId::parse("o-1").unwrap();
+            let event = OrderEvent::new(&cause, &order, OrderStatus::Paid, body);
             let value = order_event_value(&event).unwrap();
             assert!(
                 value.validate(&ORDER_EVENT),

@@ -4,11 +4,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::pricing::CartLine;
+use crate::domain::{EventId, OrderId};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckoutEvent {
-    pub event_id: String,
-    pub order_id: String,
+    pub event_id: EventId,
+    pub order_id: OrderId,
     pub cart_id: i64,
     pub user_id: i64,
     pub currency: String,
@@ -85,8 +86,8 @@ mod tests {
             country: "US".into(),
         };
         let event = CheckoutEvent {
-            event_id: "e".into(),
-            order_id: "o".into(),
+            event_id: EventId::parse("e").unwrap(),
+            order_id: OrderId::parse("o").unwrap(),
             cart_id: 1,
             user_id: 2,
             currency: "USD".into(),

@@ -8,13 +8,14 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::OrderStatus;
+use crate::domain::lifecycle::RequestedBy;
+use crate::domain::{EventId, OrderId, OrderStatus};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderEvent {
-    pub event_id: String,
-    pub causation_event_id: String,
-    pub order_id: String,
+    pub event_id: EventId,
+    pub causation_event_id: EventId,
+    pub order_id: OrderId,
     pub status: OrderStatus,
     #[serde(with = "super::time")]
     pub occurred_at: DateTime<Utc>,
@@ -53,7 +54,7 @@ pub enum OrderEventBody {
     },
     OrderCancelled {
         reason: String,
-        requested_by: String,
+        requested_by: RequestedBy,
     },
     /// Money to give back; at most one per `payment_id`, ever.
     RefundRequested {
@@ -74,15 +75,15 @@ pub enum OrderEventBody {
 
 impl OrderEvent {
     pub fn new(
-        causation_event_id: &str,
-        order_id: &str,
+        causation_event_id: &EventId,
+        order_id: &OrderId,
         status: OrderStatus,
         body: OrderEventBody,
     ) -> Self {
         OrderEvent {
-            event_id: uuid::Uuid::now_v7().to_string(),
-            causation_event_id: causation_event_id.to_owned(),
-            order_id: order_id.to_owned(),
+            event_id: EventId::new_v7(),
+            causation_event_id: causation_event_id.clone(),
+            order_id: order_id.clone(),
             status,
             occurred_at: Utc::now(),
             body,

@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use sqlx::PgPool;
+use tower_http::trace::TraceLayer;
 
 use crate::telemetry::Metrics;
 
@@ -39,6 +40,9 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(middleware::from_fn_with_state(state.clone(), track))
+        // A span per request (method, URI, version); its events log at
+        // debug level: RUST_LOG=tower_http=debug shows every request.
+        .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 
@@ -63,7 +67,7 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    let database = sqlx::query("SELECT 1").execute(&state.pool).await.is_ok();
+    let database = crate::store::maintenance::ping(&state.pool).await;
     let consumers: serde_json::Map<String, serde_json::Value> = state
         .expected_consumers
         .iter()

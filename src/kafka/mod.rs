@@ -1,7 +1,6 @@
-//! Kafka plumbing shared by every client: configuration, topic administration
-//! and the dead-letter record format. Handlers never see any of this.
+//! Kafka plumbing shared by every client: configuration and topic
+//! administration. Handlers never see any of this.
 
-pub mod dlq;
 pub mod topics;
 
 use rdkafka::config::RDKafkaLogLevel;

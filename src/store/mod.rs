@@ -1,9 +1,13 @@
-//! PostgreSQL: the source of truth. Connection, migrations, and one module per
-//! table family. Write functions take a `&mut PgConnection` so that callers
-//! compose them inside one transaction; read queries take the pool.
+//! PostgreSQL: the source of truth, and the only module that speaks SQL.
+//! Connection, migrations, and one module per table family. Write functions
+//! take a `&mut PgConnection` so that callers compose them inside one
+//! transaction ([`changes::Changes`] is one batch's writes); read queries
+//! take the pool.
 
+pub mod changes;
 pub mod inbox;
 pub mod lifecycle;
+pub mod maintenance;
 pub mod orders;
 pub mod outbox;
 pub mod parked;
@@ -127,14 +131,4 @@ pub fn is_transient(err: &sqlx::Error) -> bool {
         | sqlx::Error::Protocol(_) => true,
         _ => false,
     }
-}
-
-/// True when any error in the chain is a transient database error or a
-/// schema registry that could not be reached.
-pub fn chain_is_transient(err: &anyhow::Error) -> bool {
-    err.chain().any(|e| {
-        e.downcast_ref::<sqlx::Error>().is_some_and(is_transient)
-            || e.downcast_ref::<crate::events::DecodeError>()
-                .is_some_and(|d| d.is_transient())
-    })
 }

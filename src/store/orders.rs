@@ -1,13 +1,15 @@
-//! Writes to `orders`, `order_items` and `order_status_history`.
+//! Writes to `orders`, `order_items` and `order_status_history`, and the
+//! reads the checkout decisions need. Every write is one set-based statement
+//! for a whole batch; callers hold the orders' locks.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use crate::domain::pricing::PricedLine;
-use crate::domain::OrderStatus;
+use crate::domain::{EventId, OrderId, OrderStatus};
 
 /// Amounts of a priced order, in minor units.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Amounts {
     pub subtotal: i64,
     pub tax: i64,
@@ -16,9 +18,11 @@ pub struct Amounts {
     pub total: i64,
 }
 
+/// An order to insert, in its state at the end of the batch that creates it
+/// (a payment parked before the checkout may already have paid it).
 #[derive(Debug, Clone)]
-pub struct NewOrder<'a> {
-    pub order_id: &'a str,
+pub struct NewOrder {
+    pub order_id: OrderId,
     pub cart_id: i64,
     pub user_id: i64,
     pub status: OrderStatus,
@@ -29,10 +33,12 @@ pub struct NewOrder<'a> {
     pub payment_method: String,
     pub shipping_address: serde_json::Value,
     pub billing_address: serde_json::Value,
-    pub rejection_reason: Option<&'a str>,
-    pub checkout_event_id: &'a str,
+    pub rejection_reason: Option<String>,
+    pub checkout_event_id: EventId,
     pub checkout_occurred_at: DateTime<Utc>,
-    pub lines: &'a [PricedLine],
+    pub lines: Vec<PricedLine>,
+    /// The payment that paid it, and how much.
+    pub paid_by: Option<(String, i64)>,
 }
 
 /// The `orders.items` document: the lines as the API shows them.
@@ -61,82 +67,69 @@ fn items_json(lines: &[PricedLine]) -> String {
     serde_json::to_string(&items).expect("plain structs serialize")
 }
 
-/// Inserts many orders with their lines and first history rows in a fixed
-/// number of statements. Rows whose order id or cart id exists already (in
-/// the table or earlier in `orders`) are skipped; returns the
-/// `checkout_event_id`s of the orders actually created.
-pub async fn insert_many(
-    conn: &mut PgConnection,
-    orders: &[NewOrder<'_>],
-) -> sqlx::Result<std::collections::HashSet<String>> {
+/// Inserts orders and their lines, two statements for the whole slice. An
+/// order id or cart that exists already is an error: the caller read them
+/// under the order locks, so only a writer outside those locks can collide.
+pub async fn insert_many(conn: &mut PgConnection, orders: &[NewOrder]) -> sqlx::Result<()> {
     if orders.is_empty() {
-        return Ok(Default::default());
+        return Ok(());
     }
-    let col = |f: &dyn Fn(&NewOrder<'_>) -> Option<i64>| orders.iter().map(f).collect::<Vec<_>>();
-    let order_ids: Vec<&str> = orders.iter().map(|o| o.order_id).collect();
-    let cart_ids: Vec<i64> = orders.iter().map(|o| o.cart_id).collect();
-    let user_ids: Vec<i64> = orders.iter().map(|o| o.user_id).collect();
+    let col = |f: &dyn Fn(&NewOrder) -> Option<i64>| orders.iter().map(f).collect::<Vec<_>>();
+    let text = |f: &dyn Fn(&NewOrder) -> String| orders.iter().map(f).collect::<Vec<_>>();
+    let order_ids: Vec<&str> = orders.iter().map(|o| o.order_id.as_str()).collect();
     let statuses: Vec<&str> = orders.iter().map(|o| o.status.as_str()).collect();
-    let currencies: Vec<&str> = orders.iter().map(|o| o.currency.as_str()).collect();
-    let subtotals = col(&|o| o.amounts.map(|a| a.subtotal));
-    let taxes = col(&|o| o.amounts.map(|a| a.tax));
-    let rates = col(&|o| o.amounts.map(|a| i64::from(a.tax_rate_ppm)));
-    let shippings = col(&|o| o.amounts.map(|a| a.shipping));
-    let totals = col(&|o| o.amounts.map(|a| a.total));
-    let item_counts: Vec<i64> = orders.iter().map(|o| o.item_count).collect();
-    let methods: Vec<&str> = orders.iter().map(|o| o.payment_method.as_str()).collect();
-    let ship: Vec<String> = orders
-        .iter()
-        .map(|o| o.shipping_address.to_string())
-        .collect();
-    let bill: Vec<String> = orders
-        .iter()
-        .map(|o| o.billing_address.to_string())
-        .collect();
-    let reasons: Vec<Option<&str>> = orders.iter().map(|o| o.rejection_reason).collect();
-    let event_ids: Vec<&str> = orders.iter().map(|o| o.checkout_event_id).collect();
-    let occurred: Vec<chrono::DateTime<chrono::Utc>> =
-        orders.iter().map(|o| o.checkout_occurred_at).collect();
-    let items: Vec<String> = orders.iter().map(|o| items_json(o.lines)).collect();
-    let created: Vec<String> = sqlx::query_scalar(
+    let occurred: Vec<DateTime<Utc>> = orders.iter().map(|o| o.checkout_occurred_at).collect();
+    sqlx::query(
         "INSERT INTO orders (order_id, cart_id, user_id, status, currency, subtotal_minor, tax_minor,
              tax_rate_ppm, shipping_minor, total_minor, item_count, payment_method, shipping_address,
-             billing_address, rejection_reason, checkout_event_id, checkout_occurred_at, items)
-         SELECT o, c, u, s, cur, sub, tax, rate::int, ship, tot, n, pm, sa::jsonb, ba::jsonb, r, e, at, it::json
+             billing_address, rejection_reason, checkout_event_id, checkout_occurred_at, items,
+             paid_payment_id, paid_amount_minor)
+         SELECT o, c, u, s, cur, sub, tax, rate::int, ship, tot, n, pm, sa::jsonb, ba::jsonb, r, e, at,
+                it::json, pp, pa
          FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::bigint[], $7::bigint[],
                      $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::text[], $13::text[],
-                     $14::text[], $15::text[], $16::text[], $17::timestamptz[], $18::text[])
-              AS t(o, c, u, s, cur, sub, tax, rate, ship, tot, n, pm, sa, ba, r, e, at, it)
-         ON CONFLICT DO NOTHING RETURNING checkout_event_id",
+                     $14::text[], $15::text[], $16::text[], $17::timestamptz[], $18::text[], $19::text[],
+                     $20::bigint[])
+              AS t(o, c, u, s, cur, sub, tax, rate, ship, tot, n, pm, sa, ba, r, e, at, it, pp, pa)",
     )
     .bind(&order_ids)
-    .bind(&cart_ids)
-    .bind(&user_ids)
+    .bind(col(&|o| Some(o.cart_id)))
+    .bind(col(&|o| Some(o.user_id)))
     .bind(&statuses)
-    .bind(&currencies)
-    .bind(&subtotals)
-    .bind(&taxes)
-    .bind(&rates)
-    .bind(&shippings)
-    .bind(&totals)
-    .bind(&item_counts)
-    .bind(&methods)
-    .bind(&ship)
-    .bind(&bill)
-    .bind(&reasons)
-    .bind(&event_ids)
+    .bind(text(&|o| o.currency.clone()))
+    .bind(col(&|o| o.amounts.map(|a| a.subtotal)))
+    .bind(col(&|o| o.amounts.map(|a| a.tax)))
+    .bind(col(&|o| o.amounts.map(|a| i64::from(a.tax_rate_ppm))))
+    .bind(col(&|o| o.amounts.map(|a| a.shipping)))
+    .bind(col(&|o| o.amounts.map(|a| a.total)))
+    .bind(col(&|o| Some(o.item_count)))
+    .bind(text(&|o| o.payment_method.clone()))
+    .bind(text(&|o| o.shipping_address.to_string()))
+    .bind(text(&|o| o.billing_address.to_string()))
+    .bind(
+        orders
+            .iter()
+            .map(|o| o.rejection_reason.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(text(&|o| o.checkout_event_id.to_string()))
     .bind(&occurred)
-    .bind(&items)
-    .fetch_all(&mut *conn)
+    .bind(text(&|o| items_json(&o.lines)))
+    .bind(
+        orders
+            .iter()
+            .map(|o| o.paid_by.as_ref().map(|(p, _)| p.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(col(&|o| o.paid_by.as_ref().map(|(_, a)| *a)))
+    .execute(&mut *conn)
     .await?;
-    let created: std::collections::HashSet<String> = created.into_iter().collect();
-    let made: Vec<&NewOrder<'_>> = orders
-        .iter()
-        .filter(|o| created.contains(o.checkout_event_id))
-        .collect();
+    insert_lines(conn, orders).await
+}
 
-    let (mut l_order, mut l_no, mut l_sku, mut l_name, mut l_qty, mut l_price, mut l_total) = (
-        Vec::new(),
+async fn insert_lines(conn: &mut PgConnection, orders: &[NewOrder]) -> sqlx::Result<()> {
+    let mut order = Vec::new();
+    let (mut no, mut sku, mut name, mut qty, mut price, mut total) = (
         Vec::new(),
         Vec::new(),
         Vec::new(),
@@ -144,49 +137,34 @@ pub async fn insert_many(
         Vec::new(),
         Vec::new(),
     );
-    for o in &made {
+    for o in orders {
         for (i, l) in o.lines.iter().enumerate() {
-            l_order.push(o.order_id);
-            l_no.push(i as i32 + 1);
-            l_sku.push(l.sku.as_str());
-            l_name.push(l.name.as_str());
-            l_qty.push(l.quantity);
-            l_price.push(l.unit_price.minor());
-            l_total.push(l.line_total.minor());
+            order.push(o.order_id.as_str());
+            no.push(i as i32 + 1);
+            sku.push(l.sku.as_str());
+            name.push(l.name.as_str());
+            qty.push(l.quantity);
+            price.push(l.unit_price.minor());
+            total.push(l.line_total.minor());
         }
     }
-    if !l_order.is_empty() {
-        sqlx::query(
-            "INSERT INTO order_items (order_id, line_no, sku, name, quantity, unit_price_minor, line_total_minor)
-             SELECT * FROM UNNEST($1::text[], $2::int[], $3::text[], $4::text[], $5::int[], $6::bigint[], $7::bigint[])",
-        )
-        .bind(&l_order)
-        .bind(&l_no)
-        .bind(&l_sku)
-        .bind(&l_name)
-        .bind(&l_qty)
-        .bind(&l_price)
-        .bind(&l_total)
-        .execute(&mut *conn)
-        .await?;
+    if order.is_empty() {
+        return Ok(());
     }
-    if !made.is_empty() {
-        let ids: Vec<&str> = made.iter().map(|o| o.order_id).collect();
-        let to: Vec<&str> = made.iter().map(|o| o.status.as_str()).collect();
-        let causes: Vec<&str> = made.iter().map(|o| o.checkout_event_id).collect();
-        let reasons: Vec<Option<&str>> = made.iter().map(|o| o.rejection_reason).collect();
-        sqlx::query(
-            "INSERT INTO order_status_history (order_id, to_status, cause_event_id, reason)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[])",
-        )
-        .bind(&ids)
-        .bind(&to)
-        .bind(&causes)
-        .bind(&reasons)
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(created)
+    sqlx::query(
+        "INSERT INTO order_items (order_id, line_no, sku, name, quantity, unit_price_minor, line_total_minor)
+         SELECT * FROM UNNEST($1::text[], $2::int[], $3::text[], $4::text[], $5::int[], $6::bigint[], $7::bigint[])",
+    )
+    .bind(&order)
+    .bind(&no)
+    .bind(&sku)
+    .bind(&name)
+    .bind(&qty)
+    .bind(&price)
+    .bind(&total)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// (order_id, cart_id) of existing orders matching any of the ids or carts.
@@ -204,27 +182,25 @@ pub async fn existing(
     .await
 }
 
-/// One status-history row.
-pub struct Transition<'a> {
-    pub order_id: &'a str,
-    pub from: OrderStatus,
+/// One status-history row; `from` is `None` for the row that creates an order.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    pub order_id: OrderId,
+    pub from: Option<OrderStatus>,
     pub to: OrderStatus,
-    pub cause_event_id: &'a str,
+    pub cause_event_id: EventId,
     pub reason: Option<String>,
 }
 
-/// Appends history rows in slice order.
-pub async fn append_history_many(
-    conn: &mut PgConnection,
-    rows: &[Transition<'_>],
-) -> sqlx::Result<()> {
+/// Appends history rows in slice order (their ids follow it).
+pub async fn append_history(conn: &mut PgConnection, rows: &[Transition]) -> sqlx::Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
-    let ids: Vec<&str> = rows.iter().map(|r| r.order_id).collect();
-    let from: Vec<&str> = rows.iter().map(|r| r.from.as_str()).collect();
+    let ids: Vec<&str> = rows.iter().map(|r| r.order_id.as_str()).collect();
+    let from: Vec<Option<&str>> = rows.iter().map(|r| r.from.map(|s| s.as_str())).collect();
     let to: Vec<&str> = rows.iter().map(|r| r.to.as_str()).collect();
-    let causes: Vec<&str> = rows.iter().map(|r| r.cause_event_id).collect();
+    let causes: Vec<&str> = rows.iter().map(|r| r.cause_event_id.as_str()).collect();
     let reasons: Vec<Option<&str>> = rows.iter().map(|r| r.reason.as_deref()).collect();
     sqlx::query(
         "INSERT INTO order_status_history (order_id, from_status, to_status, cause_event_id, reason)
@@ -236,6 +212,46 @@ pub async fn append_history_many(
     .bind(&to)
     .bind(&causes)
     .bind(&reasons)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The state of an existing order at the end of a batch that changed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusUpdate {
+    pub order_id: OrderId,
+    pub status: OrderStatus,
+    /// Set when the batch paid it; an earlier payer is kept otherwise.
+    pub paid_by: Option<(String, i64)>,
+}
+
+/// Final status (and paying payment) of each changed order.
+pub async fn set_statuses(conn: &mut PgConnection, updates: &[StatusUpdate]) -> sqlx::Result<()> {
+    if updates.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = updates.iter().map(|u| u.order_id.as_str()).collect();
+    let statuses: Vec<&str> = updates.iter().map(|u| u.status.as_str()).collect();
+    let paid_ids: Vec<Option<&str>> = updates
+        .iter()
+        .map(|u| u.paid_by.as_ref().map(|(p, _)| p.as_str()))
+        .collect();
+    let paid_amounts: Vec<Option<i64>> = updates
+        .iter()
+        .map(|u| u.paid_by.as_ref().map(|(_, a)| *a))
+        .collect();
+    sqlx::query(
+        "UPDATE orders o SET status = t.s, updated_at = clock_timestamp(),
+             paid_payment_id = COALESCE(t.p, o.paid_payment_id),
+             paid_amount_minor = COALESCE(t.a, o.paid_amount_minor)
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]) AS t(id, s, p, a)
+         WHERE o.order_id = t.id",
+    )
+    .bind(&ids)
+    .bind(&statuses)
+    .bind(&paid_ids)
+    .bind(&paid_amounts)
     .execute(conn)
     .await?;
     Ok(())

@@ -1,22 +1,28 @@
 //! The outbox: records to publish, written in the transaction that caused
-//! them and relayed to Kafka afterwards (see `workers::relay`).
+//! them and relayed to Kafka afterwards (see `workers::relay`). Every kind of
+//! record orderflow publishes is built here: order events and dead letters.
 //!
 //! Rows are published in `id` order. Rows of one order are written by
-//! transactions that serialise on that order's row, so their ids follow commit
-//! order and the relay preserves each order's event sequence.
+//! transactions that serialise on that order's lock, so their ids follow
+//! commit order and the relay preserves each order's event sequence.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
+use crate::events::{DeadLetter, OrderEvent};
+
+/// Advisory-lock key of the relay leader ("orderflo" in ASCII).
+const LEADER_LOCK: i64 = 0x6f72_6465_7266_6c6f;
+
 /// A record to publish.
-#[derive(Debug, Clone)]
-pub struct NewRecord<'a> {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRecord {
     pub kind: RecordKind,
-    pub topic: &'a str,
-    pub key: Option<&'a [u8]>,
-    pub payload: &'a [u8],
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
     pub headers: Vec<(String, String)>,
 }
 
@@ -38,15 +44,56 @@ impl RecordKind {
     }
 }
 
-pub async fn enqueue(conn: &mut PgConnection, record: &NewRecord<'_>) -> sqlx::Result<()> {
+impl NewRecord {
+    /// `event` for `topic`, keyed by its order id, with an `event_type`
+    /// header; stored as JSON (the relay encodes Avro when configured).
+    pub fn order_event(topic: &str, event: &OrderEvent) -> NewRecord {
+        NewRecord {
+            kind: RecordKind::OrderEvent,
+            topic: topic.to_owned(),
+            key: Some(event.order_id.as_str().as_bytes().to_vec()),
+            // Our own derive(Serialize) types: no maps with non-string keys,
+            // no fallible impls, so JSON encoding cannot fail.
+            payload: serde_json::to_vec(event).expect("order events serialise to JSON"),
+            headers: vec![("event_type".into(), event.event_type().into())],
+        }
+    }
+
+    /// The dead letter of a failed message, for `dlq_topic`.
+    pub fn dead_letter(dlq_topic: &str, letter: &DeadLetter<'_>) -> NewRecord {
+        NewRecord {
+            kind: RecordKind::Raw,
+            topic: dlq_topic.to_owned(),
+            key: letter.key.map(<[u8]>::to_vec),
+            payload: letter.payload().to_vec(),
+            headers: letter.headers(),
+        }
+    }
+}
+
+/// Enqueues many records in one statement, in slice order (ids follow it).
+pub async fn enqueue_many(conn: &mut PgConnection, records: &[NewRecord]) -> sqlx::Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let kinds: Vec<&str> = records.iter().map(|r| r.kind.as_str()).collect();
+    let topics: Vec<&str> = records.iter().map(|r| r.topic.as_str()).collect();
+    let keys: Vec<Option<&[u8]>> = records.iter().map(|r| r.key.as_deref()).collect();
+    let payloads: Vec<&[u8]> = records.iter().map(|r| r.payload.as_slice()).collect();
+    let headers: Vec<String> = records
+        .iter()
+        .map(|r| serde_json::to_string(&r.headers).expect("string pairs serialise"))
+        .collect();
     sqlx::query(
-        "INSERT INTO outbox (kind, topic, key, payload, headers) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO outbox (kind, topic, key, payload, headers)
+         SELECT k, t, ky, p, h::jsonb FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::text[])
+              WITH ORDINALITY AS u(k, t, ky, p, h, n) ORDER BY n",
     )
-    .bind(record.kind.as_str())
-    .bind(record.topic)
-    .bind(record.key)
-    .bind(record.payload)
-    .bind(sqlx::types::Json(&record.headers))
+    .bind(&kinds)
+    .bind(&topics)
+    .bind(&keys)
+    .bind(&payloads)
+    .bind(&headers)
     .execute(conn)
     .await?;
     Ok(())
@@ -61,6 +108,21 @@ pub struct PendingRecord {
     pub payload: Vec<u8>,
     pub headers: sqlx::types::Json<Vec<(String, String)>>,
     pub created_at: DateTime<Utc>,
+}
+
+impl PendingRecord {
+    pub fn is_order_event(&self) -> bool {
+        self.kind == RecordKind::OrderEvent.as_str()
+    }
+}
+
+/// Tries to become the relay leader on this session; the lock is held until
+/// the session ends (the connection closes or dies).
+pub async fn try_lead(conn: &mut PgConnection) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(LEADER_LOCK)
+        .fetch_one(conn)
+        .await
 }
 
 /// The oldest unpublished records, in id order.
@@ -101,32 +163,4 @@ pub async fn purge(pool: &PgPool, retention: Duration, limit: i64) -> sqlx::Resu
     .execute(pool)
     .await?
     .rows_affected())
-}
-
-/// Enqueues many records in one statement, in slice order (ids follow it).
-pub async fn enqueue_many(conn: &mut PgConnection, records: &[NewRecord<'_>]) -> sqlx::Result<()> {
-    if records.is_empty() {
-        return Ok(());
-    }
-    let kinds: Vec<&str> = records.iter().map(|r| r.kind.as_str()).collect();
-    let topics: Vec<&str> = records.iter().map(|r| r.topic).collect();
-    let keys: Vec<Option<&[u8]>> = records.iter().map(|r| r.key).collect();
-    let payloads: Vec<&[u8]> = records.iter().map(|r| r.payload).collect();
-    let headers: Vec<String> = records
-        .iter()
-        .map(|r| serde_json::to_string(&r.headers).expect("headers serialise"))
-        .collect();
-    sqlx::query(
-        "INSERT INTO outbox (kind, topic, key, payload, headers)
-         SELECT k, t, ky, p, h::jsonb FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::text[])
-              WITH ORDINALITY AS u(k, t, ky, p, h, n) ORDER BY n",
-    )
-    .bind(&kinds)
-    .bind(&topics)
-    .bind(&keys)
-    .bind(&payloads)
-    .bind(&headers)
-    .execute(conn)
-    .await?;
-    Ok(())
 }

@@ -1,29 +1,28 @@
 //! Checkouts become orders.
 //!
-//! For each checkout, in the loop's transaction: claim the event id in the
-//! inbox (a repeat is a duplicate), price the cart, insert the order with its
-//! lines and first status-history row (a second checkout of the same cart is a
-//! duplicate), and enqueue `OrderCreated` or `OrderRejected`.
+//! Each new checkout is priced (tax by its shipping address, shipping by its
+//! currency) and becomes a PENDING_PAYMENT order announced as `OrderCreated`,
+//! or, when the cart cannot be priced, a REJECTED order announced as
+//! `OrderRejected`. A checkout for an order id or cart that exists already is
+//! a duplicate (an upstream retry or double submit), except that another cart
+//! under a taken order id is dead-lettered: merging it would be wrong.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sqlx::PgConnection;
 
-use super::emit::Emitter;
-use super::lifecycle::Lifecycle;
-use super::{check_envelope, Handled, Handler, Tally, Verdict};
+use super::{Handler, Input, Plan, Verdict};
 use crate::domain::pricing::{self, PricedOrder, Rejection};
-use crate::domain::{truncate_chars, OrderStatus};
+use crate::domain::{truncate_chars, EventId, OrderId, OrderStatus};
 use crate::events::{
     Address, CheckoutEvent, Codec, DecodeError, Normalized, OrderEvent, OrderEventBody,
 };
+use crate::store::inbox::Source;
 use crate::store::orders::{self, Amounts, NewOrder};
 use crate::store::pricing_tables::PricingTables;
-use crate::store::{inbox, outbox};
-use crate::telemetry::Outcome;
 
 /// Pricing tables are re-read at most this often (they change rarely, and
 /// re-reading per batch would cost two queries per batch).
@@ -32,18 +31,22 @@ const TABLES_TTL: Duration = Duration::from_secs(30);
 const MAX_FIELD_LEN: usize = 256;
 
 pub struct CheckoutHandler {
-    emitter: Emitter,
-    /// Applies payments and cancellations that arrived before the checkout.
-    lifecycle: Arc<Lifecycle>,
     default_tax_rate_ppm: u32,
     tables: Mutex<Option<(Instant, Arc<PricingTables>)>>,
 }
 
+/// What the decisions of one checkout batch know.
+pub struct CheckoutFacts {
+    tables: Arc<PricingTables>,
+    /// Cart of every order id of the batch that exists (or was just created).
+    orders: HashMap<OrderId, i64>,
+    /// Every cart of the batch that has an order.
+    carts: HashSet<i64>,
+}
+
 impl CheckoutHandler {
-    pub fn new(emitter: Emitter, lifecycle: Arc<Lifecycle>, default_tax_rate_ppm: u32) -> Self {
+    pub fn new(default_tax_rate_ppm: u32) -> Self {
         CheckoutHandler {
-            emitter,
-            lifecycle,
             default_tax_rate_ppm,
             tables: Mutex::new(None),
         }
@@ -65,11 +68,24 @@ impl CheckoutHandler {
     }
 }
 
+impl Input for CheckoutEvent {
+    fn event_id(&self) -> &EventId {
+        &self.event_id
+    }
+    fn order_id(&self) -> &OrderId {
+        &self.order_id
+    }
+    fn occurred_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.occurred_at
+    }
+}
+
 impl Handler for CheckoutHandler {
     type Event = CheckoutEvent;
+    type Facts = CheckoutFacts;
 
-    fn source(&self) -> &'static str {
-        "checkout"
+    fn source(&self) -> Source {
+        Source::Checkout
     }
 
     fn reader_schema(&self) -> &'static apache_avro::Schema {
@@ -79,205 +95,90 @@ impl Handler for CheckoutHandler {
     fn decode(
         &self,
         codec: &Codec,
-        key: Option<&[u8]>,
         payload: &Normalized<'_>,
     ) -> Result<CheckoutEvent, DecodeError> {
-        let event: CheckoutEvent = codec.decode(payload)?;
-        check_envelope(&event.event_id, &event.order_id, key)?;
-        Ok(event)
+        codec.decode(payload)
     }
 
-    fn order_id<'e>(&self, event: &'e CheckoutEvent) -> &'e str {
-        &event.order_id
-    }
-
-    /// Set-based: a fixed number of statements per batch, whatever its size.
-    /// Same results as applying the events one by one, in order.
-    async fn apply_batch<'a>(
+    async fn load<'a>(
         &'a self,
         conn: &'a mut PgConnection,
         events: &'a [&'a CheckoutEvent],
-    ) -> anyhow::Result<Vec<Handled>> {
-        let handled = |ev: &CheckoutEvent, verdict| Handled {
-            verdict,
-            occurred_at: Some(ev.occurred_at),
-            tally: Tally::default(),
-        };
-        let mut results: Vec<Option<Handled>> = vec![None; events.len()];
-
-        // Dedupe: an event id seen earlier in this batch, or ever.
-        let mut seen = HashSet::new();
-        let firsts: Vec<usize> = (0..events.len())
-            .filter(|&i| seen.insert(events[i].event_id.as_str()))
-            .collect();
-        let ids: Vec<&str> = firsts
-            .iter()
-            .map(|&i| events[i].event_id.as_str())
-            .collect();
-        let orders_of: Vec<&str> = firsts
-            .iter()
-            .map(|&i| events[i].order_id.as_str())
-            .collect();
-        let claimed = inbox::claim_many(conn, self.source(), &ids, &orders_of)
-            .await
-            .context("failed to claim event ids")?;
-        let fresh: Vec<usize> = firsts
-            .into_iter()
-            .filter(|&i| claimed.contains(&events[i].event_id))
-            .collect();
-
-        // Price, then insert every order at once; an existing order id or
-        // cart (in the table or earlier in the batch) is skipped.
+    ) -> anyhow::Result<CheckoutFacts> {
         let tables = self.tables(conn).await?;
-        let priced: Vec<Result<PricedOrder, Rejection>> = fresh
-            .iter()
-            .map(|&i| {
-                let ev = events[i];
-                check_fields(ev).and_then(|()| price(&tables, ev))
-            })
-            .collect();
-        let reasons: Vec<Option<String>> = priced
-            .iter()
-            .map(|p| p.as_ref().err().map(ToString::to_string))
-            .collect();
-        let new_orders: Vec<NewOrder<'_>> = fresh
-            .iter()
-            .zip(&priced)
-            .zip(&reasons)
-            .map(|((&i, p), r)| new_order(events[i], p, r.as_deref()))
-            .collect();
-        let created = orders::insert_many(conn, &new_orders)
+        let ids: Vec<&str> = events.iter().map(|e| e.order_id.as_str()).collect();
+        let carts: Vec<i64> = events.iter().map(|e| e.cart_id).collect();
+        let existing = orders::existing(conn, &ids, &carts)
             .await
-            .context("failed to insert orders")?;
-
-        // Skipped ones: a retry or a second checkout of a cart is a
-        // duplicate; another cart under a taken order id is dead-lettered.
-        let skipped: Vec<usize> = fresh
-            .iter()
-            .copied()
-            .filter(|&i| !created.contains(&events[i].event_id))
-            .collect();
-        let mut outcome_ids = Vec::new();
-        let mut outcome_names = Vec::new();
-        if !skipped.is_empty() {
-            let order_ids: Vec<&str> = skipped
-                .iter()
-                .map(|&i| events[i].order_id.as_str())
-                .collect();
-            let carts: Vec<i64> = skipped.iter().map(|&i| events[i].cart_id).collect();
-            let existing = orders::existing(conn, &order_ids, &carts)
-                .await
-                .context("failed to read existing orders")?;
-            for &i in &skipped {
-                let ev = events[i];
-                let taken_by_other_cart = existing
-                    .iter()
-                    .find(|(order_id, _)| *order_id == ev.order_id)
-                    .filter(|(_, cart)| *cart != ev.cart_id);
-                let verdict = match taken_by_other_cart {
-                    Some((_, cart)) => Verdict::DeadLetter(format!(
-                        "order_id {:?} already belongs to cart {cart}, not cart {}",
-                        ev.order_id, ev.cart_id
-                    )),
-                    None => Verdict::Duplicate,
-                };
-                outcome_ids.push(ev.event_id.as_str());
-                outcome_names.push(verdict.outcome().as_str());
-                results[i] = Some(handled(ev, verdict));
+            .context("failed to read existing orders")?;
+        let mut facts = CheckoutFacts {
+            tables,
+            orders: HashMap::with_capacity(existing.len()),
+            carts: HashSet::with_capacity(existing.len()),
+        };
+        for (order_id, cart) in existing {
+            facts.carts.insert(cart);
+            if let Ok(order_id) = OrderId::parse(&order_id) {
+                facts.orders.insert(order_id, cart);
             }
         }
+        Ok(facts)
+    }
 
-        // Announce the created orders, in batch order.
-        let mut announced = Vec::new();
-        for (k, &i) in fresh.iter().enumerate() {
-            let ev = events[i];
-            if !created.contains(&ev.event_id) {
-                continue;
-            }
-            let (status, body) = match &priced[k] {
-                Ok(order) => (
-                    OrderStatus::PendingPayment,
-                    OrderEventBody::OrderCreated {
-                        user_id: ev.user_id,
-                        cart_id: ev.cart_id,
-                        currency: order.currency.code().to_owned(),
-                        subtotal_minor: order.subtotal.minor(),
-                        tax_minor: order.tax.minor(),
-                        shipping_minor: order.shipping.minor(),
-                        total_minor: order.total.minor(),
-                        item_count: order.item_count(),
-                        line_count: order.lines.len() as i64,
-                    },
-                ),
-                Err(reason) => {
-                    outcome_ids.push(ev.event_id.as_str());
-                    outcome_names.push(Outcome::Rejected.as_str());
-                    (
-                        OrderStatus::Rejected,
-                        OrderEventBody::OrderRejected {
-                            user_id: ev.user_id,
-                            cart_id: ev.cart_id,
-                            reason: reason.to_string(),
-                        },
-                    )
-                }
-            };
-            announced.push((i, OrderEvent::new(&ev.event_id, &ev.order_id, status, body)));
-            let verdict = if priced[k].is_ok() {
-                Verdict::Applied
+    fn decide(&self, facts: &mut CheckoutFacts, ev: &CheckoutEvent, plan: &mut Plan) -> Verdict {
+        if let Some(&cart) = facts.orders.get(&ev.order_id) {
+            return if cart == ev.cart_id {
+                Verdict::Duplicate
             } else {
-                Verdict::Rejected
+                Verdict::DeadLetter(format!(
+                    "order_id {:?} already belongs to cart {cart}, not cart {}",
+                    ev.order_id.as_str(),
+                    ev.cart_id
+                ))
             };
-            results[i] = Some(handled(ev, verdict));
         }
-        let payloads: Vec<Vec<u8>> = announced
-            .iter()
-            .map(|(_, e)| self.emitter.payload(e))
-            .collect();
-        let records: Vec<_> = announced
-            .iter()
-            .zip(&payloads)
-            .map(|((_, e), p)| self.emitter.record(e, p))
-            .collect();
-        outbox::enqueue_many(conn, &records)
-            .await
-            .context("failed to enqueue order events")?;
-        inbox::set_outcomes(conn, self.source(), &outcome_ids, &outcome_names)
-            .await
-            .context("failed to record outcomes")?;
-
-        // Payments and cancellations that overtook their checkout.
-        let created_ids: Vec<&str> = announced
-            .iter()
-            .map(|(i, _)| events[*i].order_id.as_str())
-            .collect();
-        let index_of: std::collections::HashMap<&str, usize> = announced
-            .iter()
-            .map(|(i, _)| (events[*i].order_id.as_str(), *i))
-            .collect();
-        for (order_id, t) in self.lifecycle.drain_parked(conn, &created_ids).await? {
-            let i = *index_of
-                .get(order_id.as_str())
-                .context("drained order was created in this batch")?;
-            let tally = &mut results[i]
-                .as_mut()
-                .context("created order has a result")?
-                .tally;
-            tally.transitions.extend(t.transitions);
-            tally.refunds.extend(t.refunds);
-            tally.payments_rejected += t.payments_rejected;
-            tally.unparked += t.unparked;
+        if facts.carts.contains(&ev.cart_id) {
+            return Verdict::Duplicate;
         }
-
-        Ok(results
-            .into_iter()
-            .zip(events)
-            .map(|(r, ev)| r.unwrap_or_else(|| handled(ev, Verdict::Duplicate)))
-            .collect())
+        facts.orders.insert(ev.order_id.clone(), ev.cart_id);
+        facts.carts.insert(ev.cart_id);
+        let priced = check_fields(ev).and_then(|()| price(&facts.tables, ev));
+        let order = new_order(ev, &priced);
+        let (verdict, body) = match &priced {
+            Ok(o) => (
+                Verdict::Applied,
+                OrderEventBody::OrderCreated {
+                    user_id: ev.user_id,
+                    cart_id: ev.cart_id,
+                    currency: o.currency.code().to_owned(),
+                    subtotal_minor: o.subtotal.minor(),
+                    tax_minor: o.tax.minor(),
+                    shipping_minor: o.shipping.minor(),
+                    total_minor: o.total.minor(),
+                    item_count: o.item_count(),
+                    line_count: o.lines.len() as i64,
+                },
+            ),
+            Err(reason) => (
+                Verdict::Rejected,
+                OrderEventBody::OrderRejected {
+                    user_id: ev.user_id,
+                    cart_id: ev.cart_id,
+                    reason: reason.to_string(),
+                },
+            ),
+        };
+        plan.emit(OrderEvent::new(
+            &ev.event_id,
+            &ev.order_id,
+            order.status,
+            body,
+        ));
+        plan.create_order(order);
+        verdict
     }
 }
 
-/// Field-size checks that pricing does not cover.
 /// Prices a checkout's cart: tax by its shipping address, shipping by its
 /// currency, both from `tables`.
 pub fn price(tables: &PricingTables, ev: &CheckoutEvent) -> Result<PricedOrder, Rejection> {
@@ -288,6 +189,7 @@ pub fn price(tables: &PricingTables, ev: &CheckoutEvent) -> Result<PricedOrder, 
     })
 }
 
+/// Field-size checks that pricing does not cover.
 fn check_fields(ev: &CheckoutEvent) -> Result<(), Rejection> {
     let too_long = |value: &str| value.chars().count() > MAX_FIELD_LEN;
     if too_long(&ev.payment_method) || ev.payment_method.is_empty() {
@@ -319,18 +221,15 @@ fn check_fields(ev: &CheckoutEvent) -> Result<(), Rejection> {
 /// Strings of a rejected checkout are stored cut to size: they were never
 /// validated, and a rejected order must not become a way to bloat the store.
 fn address_json(a: &Address) -> serde_json::Value {
+    let cut = |s: &str| truncate_chars(s, MAX_FIELD_LEN);
     serde_json::json!({
-        "street": truncate_chars(&a.street, MAX_FIELD_LEN), "city": truncate_chars(&a.city, MAX_FIELD_LEN), "state": truncate_chars(&a.state, MAX_FIELD_LEN),
-        "zip_code": truncate_chars(&a.zip_code, MAX_FIELD_LEN), "country": truncate_chars(&a.country, MAX_FIELD_LEN),
+        "street": cut(&a.street), "city": cut(&a.city), "state": cut(&a.state),
+        "zip_code": cut(&a.zip_code), "country": cut(&a.country),
     })
 }
 
-fn new_order<'a>(
-    ev: &'a CheckoutEvent,
-    priced: &'a Result<PricedOrder, Rejection>,
-    rejection: Option<&'a str>,
-) -> NewOrder<'a> {
-    let (status, amounts, item_count, lines): (_, _, _, &[_]) = match priced {
+fn new_order(ev: &CheckoutEvent, priced: &Result<PricedOrder, Rejection>) -> NewOrder {
+    let (status, amounts, item_count, lines, currency, rejection) = match priced {
         Ok(o) => (
             OrderStatus::PendingPayment,
             Some(Amounts {
@@ -341,27 +240,34 @@ fn new_order<'a>(
                 total: o.total.minor(),
             }),
             o.item_count(),
-            &o.lines,
+            o.lines.clone(),
+            o.currency.code().to_owned(),
+            None,
         ),
-        Err(_) => (OrderStatus::Rejected, None, 0, &[]),
+        Err(reason) => (
+            OrderStatus::Rejected,
+            None,
+            0,
+            Vec::new(),
+            truncate_chars(&ev.currency, 16),
+            Some(reason.to_string()),
+        ),
     };
     NewOrder {
-        order_id: &ev.order_id,
+        order_id: ev.order_id.clone(),
         cart_id: ev.cart_id,
         user_id: ev.user_id,
         status,
-        currency: match priced {
-            Ok(o) => o.currency.code().to_owned(),
-            Err(_) => truncate_chars(&ev.currency, 16),
-        },
+        currency,
         amounts,
         item_count,
         payment_method: truncate_chars(&ev.payment_method, MAX_FIELD_LEN),
         shipping_address: address_json(&ev.shipping_address),
         billing_address: address_json(&ev.billing_address),
         rejection_reason: rejection,
-        checkout_event_id: &ev.event_id,
+        checkout_event_id: ev.event_id.clone(),
         checkout_occurred_at: ev.occurred_at,
         lines,
+        paid_by: None,
     }
 }

@@ -1,19 +1,24 @@
-//! Periodic checks that feed gauges: parked events (count, oldest age, how
-//! many exceed `PARKED_MAX_AGE_SECS`; every few seconds, from a small table)
-//! and orders by status (every 30 s: it reads the whole orders table, which
-//! took 3.4 s under load at 260,000 orders). Where the server runs without
-//! autovacuum, it also does autovacuum's work on the tables the workers write
-//! (VACUUM ANALYZE every minute): without it the planner keeps the statistics
-//! of an empty table, turning index lookups into sequential scans, and every
-//! status update and outbox purge leaves dead rows behind for scans to read.
+//! Housekeeping, a component of its own: periodic checks that feed gauges,
+//! and VACUUM where the server runs without autovacuum.
+//!
+//! - Gauges (wherever `/metrics` is served): parked events (count, oldest
+//!   age, how many exceed `PARKED_MAX_AGE_SECS`; every few seconds, from a
+//!   small table) and orders by status (every 30 s: it reads the whole orders
+//!   table, which took 3.4 s under load at 260,000 orders).
+//! - VACUUM (wherever a writer runs: a consumer loop or the relay), only if
+//!   autovacuum is off: VACUUM ANALYZE of the tables the workers write every
+//!   minute. Without it the planner keeps the statistics of an empty table,
+//!   turning index lookups into sequential scans, and every status update and
+//!   outbox purge leaves dead rows behind for scans to read.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::parked;
+use crate::domain::OrderStatus;
+use crate::store::{maintenance, parked};
 use crate::telemetry::Metrics;
 
 /// How often the orders-by-status gauge is recounted.
@@ -22,59 +27,84 @@ const ORDERS_COUNT_EVERY: Duration = Duration::from_secs(30);
 /// How often the tables are vacuumed where autovacuum is off.
 const VACUUM_EVERY: Duration = Duration::from_secs(60);
 
-/// Refreshes the gauges every `every` and, where autovacuum is off, vacuums
-/// on a schedule of its own: a pass can take most of a minute under load,
-/// and must hold up neither the gauges nor shutdown.
-pub async fn run(
-    pool: PgPool,
-    metrics: Arc<Metrics>,
-    max_age: Duration,
-    every: Duration,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let autovacuum: Option<String> = sqlx::query_scalar("SHOW autovacuum")
-        .fetch_one(&pool)
-        .await
-        .ok();
-    let gauges = refresh_gauges(&pool, &metrics, max_age, every, &shutdown);
-    if autovacuum.as_deref() == Some("off") {
-        tracing::warn!("autovacuum is off on this PostgreSQL server; orderflow will VACUUM ANALYZE its tables every minute");
-        tokio::join!(gauges, vacuum_periodically(&pool, &shutdown));
-    } else {
-        gauges.await;
-    }
-    Ok(())
+/// What housekeeping does in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Duties {
+    /// Refresh the gauges (every `gauge_interval`).
+    pub gauges: bool,
+    /// VACUUM ANALYZE where autovacuum is off.
+    pub vacuum: bool,
 }
 
-async fn refresh_gauges(
-    pool: &PgPool,
-    metrics: &Metrics,
-    max_age: Duration,
-    every: Duration,
-    shutdown: &CancellationToken,
-) {
-    let mut last_count: Option<std::time::Instant> = None;
-    loop {
-        match parked::stats(pool, max_age).await {
-            Ok(stats) => metrics.parked(&stats),
-            Err(e) => tracing::debug!(error = %e, "could not read parked-event stats"),
+pub struct Housekeeping {
+    pub pool: PgPool,
+    pub metrics: Arc<Metrics>,
+    pub parked_max_age: Duration,
+    pub gauge_interval: Duration,
+    pub duties: Duties,
+}
+
+impl Housekeeping {
+    /// Runs its duties until `shutdown`: a VACUUM pass can take most of a
+    /// minute under load, so it runs beside the gauges, never holding them
+    /// up, and is given up at shutdown.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let vacuum =
+            self.duties.vacuum && maintenance::autovacuum_enabled(&self.pool).await == Some(false);
+        if vacuum {
+            tracing::warn!("autovacuum is off on this PostgreSQL server; orderflow will VACUUM ANALYZE its tables every minute");
         }
-        if last_count.is_none_or(|at| at.elapsed() >= ORDERS_COUNT_EVERY) {
-            let by_status: sqlx::Result<Vec<(String, i64)>> =
-                sqlx::query_as("SELECT status, count(*) FROM orders GROUP BY status")
-                    .fetch_all(pool)
-                    .await;
-            match by_status {
-                Ok(counts) => metrics.set_orders_by_status(&counts),
-                Err(e) => tracing::debug!(error = %e, "could not count orders by status"),
+        let gauges = async {
+            if self.duties.gauges {
+                self.refresh_gauges(&shutdown).await;
             }
-            last_count = Some(std::time::Instant::now());
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
+        };
+        let vacuuming = async {
+            if vacuum {
+                vacuum_periodically(&self.pool, &shutdown).await;
+            }
+        };
+        tokio::join!(gauges, vacuuming);
+        Ok(())
+    }
+
+    async fn refresh_gauges(&self, shutdown: &CancellationToken) {
+        let mut last_count: Option<Instant> = None;
+        loop {
+            match parked::stats(&self.pool, self.parked_max_age).await {
+                Ok(s) => self
+                    .metrics
+                    .set_parked(s.count, s.oldest_age_seconds, s.stale),
+                Err(e) => tracing::debug!(error = %e, "could not read parked-event stats"),
+            }
+            if last_count.is_none_or(|at| at.elapsed() >= ORDERS_COUNT_EVERY) {
+                match maintenance::orders_by_status(&self.pool).await {
+                    Ok(counts) => self.metrics.set_orders_by_status(&every_status(&counts)),
+                    Err(e) => tracing::debug!(error = %e, "could not count orders by status"),
+                }
+                last_count = Some(Instant::now());
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.gauge_interval) => {}
+            }
         }
     }
+}
+
+/// Every status with its count, 0 where none was counted, so a status whose
+/// last order moved on reads 0 rather than its old count.
+fn every_status(counts: &[(String, i64)]) -> Vec<(&'static str, i64)> {
+    OrderStatus::ALL
+        .iter()
+        .map(|status| {
+            let n = counts
+                .iter()
+                .find(|(s, _)| s == status.as_str())
+                .map_or(0, |(_, n)| *n);
+            (status.as_str(), n)
+        })
+        .collect()
 }
 
 async fn vacuum_periodically(pool: &PgPool, shutdown: &CancellationToken) {
@@ -93,7 +123,7 @@ async fn vacuum_periodically(pool: &PgPool, shutdown: &CancellationToken) {
         let finished = tokio::select! {
             biased;
             _ = shutdown.cancelled() => None,
-            result = vacuum(&mut conn) => Some(result),
+            result = maintenance::vacuum(&mut conn) => Some(result),
         };
         match finished {
             // Cut short mid-statement: the connection leaves the pool rather
@@ -108,26 +138,15 @@ async fn vacuum_periodically(pool: &PgPool, shutdown: &CancellationToken) {
     }
 }
 
-/// What autovacuum would do for the tables the workers write, paced as it
-/// paces itself (a cost-based delay), so the pass does not starve the
-/// batches running alongside: unpaced, it put a latency spike into every
-/// minute after a bulk load.
-async fn vacuum(conn: &mut PgConnection) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let tables = "orders, order_items, order_status_history, processed_events, payments, refunds, parked_events, outbox";
-    // VACUUM cannot run in a transaction, so the pacing is set on the
-    // session and reset before the connection goes back to the pool.
-    sqlx::query("SET vacuum_cost_delay = '2ms'")
-        .execute(&mut *conn)
-        .await
-        .context("failed to pace VACUUM")?;
-    let result = sqlx::query(&format!("VACUUM (ANALYZE) {tables}"))
-        .execute(&mut *conn)
-        .await
-        .context("VACUUM failed");
-    sqlx::query("RESET vacuum_cost_delay")
-        .execute(&mut *conn)
-        .await
-        .context("failed to reset the VACUUM pacing")?;
-    result.map(|_| ())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_is_reported_with_zero_for_the_empty_ones() {
+        let counts = every_status(&[("PAID".into(), 3)]);
+        assert_eq!(counts.len(), OrderStatus::ALL.len());
+        assert!(counts.contains(&("PAID", 3)));
+        assert!(counts.contains(&("CANCELLED", 0)));
+    }
 }

@@ -1,541 +1,512 @@
 //! Payment confirmations and cancellations: the order lifecycle.
 //!
-//! Every writer of an order holds that order's lock (taken for the whole
-//! batch by the consumer loop, see `store::lifecycle::lock_orders`). That is
-//! what makes parking safe: a payment for an unknown order is parked in a
-//! transaction holding the lock, and a checkout creates the order and drains
-//! its parked events in a transaction holding the same lock, so whichever
+//! The rules are `domain::lifecycle`; this module reads what they need,
+//! turns their decisions into rows and order events, and parks what arrives
+//! before its order. Every writer of an order holds that order's lock (taken
+//! for the whole batch by the applier). That is what makes parking safe: a
+//! payment for an unknown order is parked in a transaction holding the lock,
+//! and a checkout creates the order and applies its parked events
+//! ([`drain_parked`]) in a transaction holding the same lock, so whichever
 //! commits second sees the other's work.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::Context;
 use sqlx::PgConnection;
 
-use super::emit::Emitter;
-use super::{check_envelope, Handled, Handler, Tally, Verdict};
-use crate::domain::lifecycle::{self, Decision, Effect};
-use crate::domain::{truncate_chars, Money};
+use super::{Handler, Input, Plan, Verdict};
+use crate::domain::lifecycle::{self, Decision, Effect, OrderFacts, PaymentStatus};
+use crate::domain::{truncate_chars, EventId, Money, OrderId};
 use crate::events::{
     Cancellation, Codec, DecodeError, Normalized, OrderEvent, OrderEventBody, PaymentConfirmation,
-    PaymentStatus,
 };
-use crate::store::{inbox, lifecycle as store, orders, outbox};
+use crate::store::inbox::{InboxRow, Source};
+use crate::store::lifecycle::{self as store, NewPayment, Refund};
+use crate::store::orders::NewOrder;
+use crate::store::parked::{self, Parking};
 
-pub const PAYMENT_SOURCE: &str = "payment";
-pub const CANCELLATION_SOURCE: &str = "cancellation";
 const MAX_TEXT: usize = 1024;
 
 /// A lifecycle input, as applied or parked.
 #[derive(Debug, Clone)]
-pub enum Input {
+pub enum LifecycleEvent {
     Payment(PaymentConfirmation),
     Cancellation(Cancellation),
 }
 
-impl Input {
-    fn event_id(&self) -> &str {
+impl LifecycleEvent {
+    pub fn source(&self) -> Source {
         match self {
-            Input::Payment(p) => &p.event_id,
-            Input::Cancellation(c) => &c.event_id,
+            LifecycleEvent::Payment(_) => Source::Payment,
+            LifecycleEvent::Cancellation(_) => Source::Cancellation,
+        }
+    }
+}
+
+impl Input for LifecycleEvent {
+    fn event_id(&self) -> &EventId {
+        match self {
+            LifecycleEvent::Payment(p) => &p.event_id,
+            LifecycleEvent::Cancellation(c) => &c.event_id,
         }
     }
 
-    fn order_id(&self) -> &str {
+    fn order_id(&self) -> &OrderId {
         match self {
-            Input::Payment(p) => &p.order_id,
-            Input::Cancellation(c) => &c.order_id,
-        }
-    }
-
-    fn source(&self) -> &'static str {
-        match self {
-            Input::Payment(_) => PAYMENT_SOURCE,
-            Input::Cancellation(_) => CANCELLATION_SOURCE,
+            LifecycleEvent::Payment(p) => &p.order_id,
+            LifecycleEvent::Cancellation(c) => &c.order_id,
         }
     }
 
     fn occurred_at(&self) -> chrono::DateTime<chrono::Utc> {
         match self {
-            Input::Payment(p) => p.occurred_at,
-            Input::Cancellation(c) => c.occurred_at,
+            LifecycleEvent::Payment(p) => p.occurred_at,
+            LifecycleEvent::Cancellation(c) => c.occurred_at,
         }
     }
 }
 
-/// Applies lifecycle inputs to orders; shared by the payment and cancellation
-/// handlers and by the checkout handler when it drains parked events.
-pub struct Lifecycle {
-    emitter: Emitter,
+/// What the lifecycle decisions of one batch know.
+#[derive(Debug, Default)]
+pub struct LifecycleFacts {
+    /// Every known order the batch touches, as the decisions leave it.
+    orders: HashMap<OrderId, OrderFacts>,
+    /// (payment_id, status) pairs recorded already: a repeat is a duplicate.
+    payments_seen: HashSet<(String, PaymentStatus)>,
+    /// Payments refunded already, ever: never refunded twice.
+    refunded: HashSet<String>,
 }
 
-/// An order event waiting for the batch's refunds to be recorded: a
-/// `RefundRequested` is only published if its refund row was new.
-struct Pending {
-    event: OrderEvent,
-    refund_of: Option<String>,
-}
-
-impl Lifecycle {
-    pub fn new(emitter: Emitter) -> Self {
-        Lifecycle { emitter }
-    }
-
-    /// Applies `inputs` in order, each to its order or parked when the order
-    /// is unknown, with a fixed number of statements: the facts are read
-    /// once, the rules run in memory (an order changed by one input is seen
-    /// changed by the next), and every write goes out in one statement per
-    /// table. The caller holds the order locks and has claimed the event ids.
-    pub async fn apply_many(
-        &self,
+impl LifecycleFacts {
+    /// Reads the facts for `events`; `known` are orders the batch itself
+    /// creates (not in the database yet).
+    pub async fn load(
         conn: &mut PgConnection,
-        inputs: &[&Input],
-    ) -> anyhow::Result<Vec<(Verdict, Tally)>> {
-        let order_ids: Vec<&str> = inputs.iter().map(|i| i.order_id()).collect();
-        let mut facts = store::facts_many(conn, &order_ids)
-            .await
-            .context("failed to read orders")?;
-        let (payment_ids, statuses): (Vec<&str>, Vec<&str>) = inputs
+        events: &[&LifecycleEvent],
+        mut known: HashMap<OrderId, OrderFacts>,
+    ) -> anyhow::Result<LifecycleFacts> {
+        let unknown: Vec<&str> = events
             .iter()
-            .filter_map(|i| match i {
-                Input::Payment(p) => Some((p.payment_id.as_str(), payment_status_str(p.status))),
-                Input::Cancellation(_) => None,
-            })
-            .unzip();
-        let mut seen = if payment_ids.is_empty() {
-            Default::default()
-        } else {
-            store::payments_seen(conn, &payment_ids, &statuses)
+            .map(|e| e.order_id())
+            .filter(|id| !known.contains_key(*id))
+            .map(OrderId::as_str)
+            .collect();
+        known.extend(
+            store::facts_many(conn, &unknown)
                 .await
-                .context("failed to read payments")?
-        };
+                .context("failed to read orders")?,
+        );
+        let payments: Vec<(&str, PaymentStatus)> = events
+            .iter()
+            .filter_map(|e| match e {
+                LifecycleEvent::Payment(p) => Some((p.payment_id.as_str(), p.status)),
+                LifecycleEvent::Cancellation(_) => None,
+            })
+            .collect();
+        let payments_seen = store::payments_seen(conn, &payments)
+            .await
+            .context("failed to read payments")?;
+        // A refund names either a payment of the batch or an order's payer.
+        let mut could_refund: Vec<&str> = payments.iter().map(|(id, _)| *id).collect();
+        could_refund.extend(
+            known
+                .values()
+                .filter_map(|f| f.paid_by.as_ref())
+                .map(|(p, _)| p.as_str()),
+        );
+        let refunded = store::refunded(conn, &could_refund)
+            .await
+            .context("failed to read refunds")?;
+        Ok(LifecycleFacts {
+            orders: known,
+            payments_seen,
+            refunded,
+        })
+    }
+}
 
-        let mut results = Vec::with_capacity(inputs.len());
-        let mut parking = Vec::new();
-        let mut payments = Vec::new();
-        let mut transitions = Vec::new();
-        let mut refunds = Vec::new();
-        let mut pending: Vec<(usize, Pending)> = Vec::new();
-        for (k, input) in inputs.iter().enumerate() {
-            let order_id = input.order_id();
-            let cause = input.event_id();
-            let Some(order) = facts.get_mut(order_id) else {
-                let (payload, occurred_at) = match input {
-                    Input::Payment(p) => (serde_json::to_value(p)?, p.occurred_at),
-                    Input::Cancellation(c) => (serde_json::to_value(c)?, c.occurred_at),
-                };
-                parking.push(store::Parking {
-                    source: input.source(),
-                    event_id: cause,
-                    order_id,
-                    payload,
-                    occurred_at,
-                });
-                results.push((Verdict::Parked, Tally::default()));
-                continue;
-            };
-            let decision = match input {
-                Input::Payment(p) => {
-                    let status = payment_status_str(p.status);
-                    if !seen.insert((p.payment_id.clone(), status.to_owned())) {
-                        results.push((Verdict::Duplicate, Tally::default()));
-                        continue;
-                    }
-                    let domain = lifecycle::Payment {
-                        payment_id: p.payment_id.clone(),
-                        status: match p.status {
-                            PaymentStatus::Confirmed => lifecycle::PaymentStatus::Confirmed,
-                            PaymentStatus::Failed => lifecycle::PaymentStatus::Failed,
-                        },
-                        amount: Money::from_minor(p.amount_minor),
-                        currency: p.currency.clone(),
-                        failure_reason: p.failure_reason.clone(),
-                    };
-                    let decision = lifecycle::decide_payment(order, &domain);
-                    payments.push(store::NewPayment {
-                        payment_id: &p.payment_id,
-                        status,
-                        order_id,
-                        amount_minor: p.amount_minor,
-                        currency: truncate_chars(&p.currency, 16),
-                        provider: truncate_chars(&p.provider, 64),
-                        failure_reason: p
-                            .failure_reason
-                            .as_deref()
-                            .map(|r| truncate_chars(r, MAX_TEXT)),
-                        disposition: disposition(&decision),
-                        event_id: &p.event_id,
-                        occurred_at: p.occurred_at,
-                    });
-                    decision
-                }
-                Input::Cancellation(c) => lifecycle::decide_cancellation(
-                    order,
-                    &lifecycle::Cancellation {
-                        reason: truncate_chars(&c.reason, MAX_TEXT),
-                        requested_by: c.requested_by.as_str().to_owned(),
-                    },
-                ),
-            };
-            if decision.is_ignored() {
-                results.push((Verdict::Ignored, Tally::default()));
-                continue;
+/// Applies one event to its order, or parks it when the order is unknown.
+pub fn decide(facts: &mut LifecycleFacts, event: &LifecycleEvent, plan: &mut Plan) -> Verdict {
+    let order_id = event.order_id();
+    let Some(order) = facts.orders.get_mut(order_id) else {
+        plan.park(Parking {
+            source: event.source(),
+            event_id: event.event_id().clone(),
+            order_id: order_id.clone(),
+            payload: match event {
+                LifecycleEvent::Payment(p) => serde_json::to_value(p),
+                LifecycleEvent::Cancellation(c) => serde_json::to_value(c),
             }
-            let mut tally = Tally::default();
-            let status = decision.new_status.unwrap_or(order.status);
-            if let Some(to) = decision.new_status {
-                let reason = decision.effects.iter().find_map(|e| match e {
-                    Effect::PaymentFailed { reason, .. } | Effect::Cancelled { reason, .. } => {
-                        Some(reason.clone())
-                    }
-                    _ => None,
-                });
-                transitions.push(orders::Transition {
-                    order_id,
-                    from: order.status,
-                    to,
-                    cause_event_id: cause,
-                    reason,
-                });
-                tally.transitions.push((order.status, to));
-                order.status = to;
+            .expect("events serialise to JSON"),
+            occurred_at: event.occurred_at(),
+        });
+        return Verdict::Parked;
+    };
+    let decision = match event {
+        LifecycleEvent::Payment(p) => {
+            if !facts.payments_seen.insert((p.payment_id.clone(), p.status)) {
+                return Verdict::Duplicate;
             }
-            for effect in decision.effects {
-                let mut refund_of = None;
-                let body = match effect {
-                    Effect::Paid { payment_id, amount } => {
-                        order.paid_by = Some((payment_id.clone(), amount));
-                        OrderEventBody::OrderPaid {
-                            payment_id,
-                            amount_minor: amount.minor(),
-                            currency: order.currency.clone(),
-                        }
-                    }
-                    Effect::PaymentFailed { payment_id, reason } => {
-                        OrderEventBody::OrderPaymentFailed { payment_id, reason }
-                    }
-                    Effect::Cancelled {
-                        reason,
-                        requested_by,
-                    } => OrderEventBody::OrderCancelled {
-                        reason,
-                        requested_by,
-                    },
-                    Effect::PaymentRejected {
-                        payment_id,
-                        amount,
-                        currency,
-                        reason,
-                    } => {
-                        tally.payments_rejected += 1;
-                        OrderEventBody::PaymentRejected {
-                            payment_id,
-                            amount_minor: amount.minor(),
-                            currency: truncate_chars(&currency, 16),
-                            reason,
-                        }
-                    }
-                    Effect::RefundRequested {
-                        payment_id,
-                        amount,
-                        currency,
-                        reason,
-                    } => {
-                        let currency = truncate_chars(&currency, 16);
-                        refunds.push(store::Refund {
-                            payment_id: payment_id.clone(),
-                            order_id,
-                            amount_minor: amount.minor(),
-                            currency: currency.clone(),
-                            reason: reason.clone(),
-                            cause_event_id: cause,
-                        });
-                        refund_of = Some(payment_id.clone());
-                        OrderEventBody::RefundRequested {
-                            payment_id,
-                            amount_minor: amount.minor(),
-                            currency,
-                            reason,
-                        }
-                    }
-                };
-                let event = OrderEvent::new(cause, order_id, status, body);
-                pending.push((k, Pending { event, refund_of }));
-            }
-            results.push((Verdict::Applied, tally));
+            let decision = lifecycle::decide_payment(order, &domain_payment(p));
+            plan.record_payment(payment_row(p, &decision));
+            decision
         }
+        LifecycleEvent::Cancellation(c) => lifecycle::decide_cancellation(
+            order,
+            &lifecycle::Cancellation {
+                reason: truncate_chars(&c.reason, MAX_TEXT),
+                requested_by: c.requested_by,
+            },
+        ),
+    };
+    if decision.is_ignored() {
+        return Verdict::Ignored;
+    }
+    apply_decision(
+        order,
+        &mut facts.refunded,
+        event.event_id(),
+        order_id,
+        decision,
+        plan,
+    );
+    Verdict::Applied
+}
 
-        store::park_many(conn, &parking)
-            .await
-            .context("failed to park events")?;
-        store::record_payments(conn, &payments)
-            .await
-            .context("failed to record payments")?;
-        // Each changed order once, with its status after the whole batch.
-        let mut changed = std::collections::HashSet::new();
-        let finals: Vec<(&str, &lifecycle::OrderFacts)> = transitions
-            .iter()
-            .filter(|t| changed.insert(t.order_id))
-            .map(|t| (t.order_id, &facts[t.order_id]))
-            .collect();
-        let ids: Vec<&str> = finals.iter().map(|(id, _)| *id).collect();
-        let statuses: Vec<&str> = finals.iter().map(|(_, f)| f.status.as_str()).collect();
-        let paid_ids: Vec<Option<&str>> = finals
-            .iter()
-            .map(|(_, f)| f.paid_by.as_ref().map(|(p, _)| p.as_str()))
-            .collect();
-        let paid_amounts: Vec<Option<i64>> = finals
-            .iter()
-            .map(|(_, f)| f.paid_by.as_ref().map(|(_, a)| a.minor()))
-            .collect();
-        store::set_statuses(conn, &ids, &statuses, &paid_ids, &paid_amounts)
-            .await
-            .context("failed to update orders")?;
-        orders::append_history_many(conn, &transitions)
-            .await
-            .context("failed to append status history")?;
-        // A refund is requested at most once per payment, ever: drop the
-        // announcement of any refund whose row already existed.
-        let fresh_refunds = store::request_refunds(conn, &refunds)
-            .await
-            .context("failed to record refunds")?;
-        let mut announced_refunds = std::collections::HashSet::new();
-        let mut events = Vec::with_capacity(pending.len());
-        for (k, p) in pending {
-            if let Some(payment_id) = &p.refund_of {
-                if !fresh_refunds.contains(payment_id)
-                    || !announced_refunds.insert(payment_id.clone())
-                {
+/// Plans the transition and the announcements of a decision that does
+/// something, and updates the order's facts for the next event.
+fn apply_decision(
+    order: &mut OrderFacts,
+    refunded: &mut HashSet<String>,
+    cause: &EventId,
+    order_id: &OrderId,
+    decision: Decision,
+    plan: &mut Plan,
+) {
+    let status = decision.new_status.unwrap_or(order.status);
+    let paid_by = decision.effects.iter().find_map(|e| match e {
+        Effect::Paid { payment_id, amount } => Some((payment_id.clone(), *amount)),
+        _ => None,
+    });
+    if let Some(paid_by) = &paid_by {
+        order.paid_by = Some(paid_by.clone());
+    }
+    if let Some(to) = decision.new_status {
+        let reason = decision.effects.iter().find_map(|e| match e {
+            Effect::PaymentFailed { reason, .. } | Effect::Cancelled { reason, .. } => {
+                Some(reason.clone())
+            }
+            _ => None,
+        });
+        let paid = paid_by.map(|(p, amount)| (p, amount.minor()));
+        plan.transition(order_id, (order.status, to), cause, reason, paid);
+        order.status = to;
+    }
+    for effect in decision.effects {
+        let body = match effect {
+            Effect::RefundRequested {
+                payment_id,
+                amount,
+                currency,
+                reason,
+            } => {
+                // At most one refund per payment, ever, whatever asks for it.
+                if !refunded.insert(payment_id.clone()) {
                     continue;
                 }
-                if let OrderEventBody::RefundRequested {
+                let currency = truncate_chars(&currency, 16);
+                plan.request_refund(Refund {
+                    payment_id: payment_id.clone(),
+                    order_id: order_id.clone(),
+                    amount_minor: amount.minor(),
+                    currency: currency.clone(),
+                    reason: reason.clone(),
+                    cause_event_id: cause.clone(),
+                });
+                OrderEventBody::RefundRequested {
+                    payment_id,
+                    amount_minor: amount.minor(),
                     currency,
-                    amount_minor,
-                    ..
-                } = &p.event.body
-                {
-                    results[k].1.refunds.push((currency.clone(), *amount_minor));
+                    reason,
                 }
             }
-            events.push(p.event);
-        }
-        let payloads: Vec<Vec<u8>> = events.iter().map(|e| self.emitter.payload(e)).collect();
-        let records: Vec<_> = events
-            .iter()
-            .zip(&payloads)
-            .map(|(e, p)| self.emitter.record(e, p))
-            .collect();
-        outbox::enqueue_many(conn, &records)
-            .await
-            .context("failed to enqueue order events")?;
-        Ok(results)
-    }
-
-    /// Applies the parked events of `order_ids` in arrival order; called
-    /// right after the checkouts created those orders, under the same locks.
-    /// Returns each input's tally with the order it belongs to.
-    pub async fn drain_parked(
-        &self,
-        conn: &mut PgConnection,
-        order_ids: &[&str],
-    ) -> anyhow::Result<Vec<(String, Tally)>> {
-        let mut inputs = Vec::new();
-        for (source, payload) in store::take_parked(conn, order_ids)
-            .await
-            .context("failed to take parked events")?
-        {
-            inputs.push(match source.as_str() {
-                PAYMENT_SOURCE => {
-                    Input::Payment(serde_json::from_value(payload).context("parked payment")?)
+            Effect::PaymentRejected {
+                payment_id,
+                amount,
+                currency,
+                reason,
+            } => {
+                plan.payment_rejected();
+                OrderEventBody::PaymentRejected {
+                    payment_id,
+                    amount_minor: amount.minor(),
+                    currency: truncate_chars(&currency, 16),
+                    reason,
                 }
-                CANCELLATION_SOURCE => Input::Cancellation(
-                    serde_json::from_value(payload).context("parked cancellation")?,
-                ),
-                other => anyhow::bail!("parked event from unknown source {other:?}"),
-            });
+            }
+            other => announce(other, &order.currency),
+        };
+        plan.emit(OrderEvent::new(cause, order_id, status, body));
+    }
+}
+
+/// The announcement of an effect that needs nothing recorded beside it.
+fn announce(effect: Effect, order_currency: &str) -> OrderEventBody {
+    match effect {
+        Effect::Paid { payment_id, amount } => OrderEventBody::OrderPaid {
+            payment_id,
+            amount_minor: amount.minor(),
+            currency: order_currency.to_owned(),
+        },
+        Effect::PaymentFailed { payment_id, reason } => {
+            OrderEventBody::OrderPaymentFailed { payment_id, reason }
         }
-        let refs: Vec<&Input> = inputs.iter().collect();
-        let applied = self.apply_many(conn, &refs).await?;
-        // Record each drained event's final outcome, per source.
-        for source in [PAYMENT_SOURCE, CANCELLATION_SOURCE] {
-            let (ids, names): (Vec<&str>, Vec<&str>) = inputs
-                .iter()
-                .zip(&applied)
-                .filter(|(i, _)| i.source() == source)
-                .map(|(i, (v, _))| (i.event_id(), v.outcome().as_str()))
-                .unzip();
-            inbox::set_outcomes(conn, source, &ids, &names).await?;
+        Effect::Cancelled {
+            reason,
+            requested_by,
+        } => OrderEventBody::OrderCancelled {
+            reason,
+            requested_by,
+        },
+        Effect::RefundRequested { .. } | Effect::PaymentRejected { .. } => {
+            unreachable!("recorded by apply_decision")
         }
-        Ok(inputs
-            .iter()
-            .zip(applied)
-            .map(|(i, (_, mut tally))| {
-                tally.unparked = 1;
-                (i.order_id().to_owned(), tally)
-            })
-            .collect())
     }
 }
 
-fn payment_status_str(status: PaymentStatus) -> &'static str {
-    match status {
-        PaymentStatus::Confirmed => "CONFIRMED",
-        PaymentStatus::Failed => "FAILED",
+fn domain_payment(p: &PaymentConfirmation) -> lifecycle::Payment {
+    lifecycle::Payment {
+        payment_id: p.payment_id.clone(),
+        status: p.status,
+        amount: Money::from_minor(p.amount_minor),
+        currency: p.currency.clone(),
+        failure_reason: p.failure_reason.clone(),
     }
 }
 
-/// What a payment did, as stored in `payments.disposition`.
-fn disposition(decision: &Decision) -> &'static str {
-    let has = |f: fn(&Effect) -> bool| decision.effects.iter().any(f);
-    if has(|e| matches!(e, Effect::Paid { .. })) {
-        "PAID"
-    } else if has(|e| matches!(e, Effect::PaymentFailed { .. })) {
-        "FAILED"
-    } else if has(|e| matches!(e, Effect::PaymentRejected { .. })) {
-        "REJECTED"
-    } else if has(|e| matches!(e, Effect::RefundRequested { .. })) {
-        "REFUNDED"
-    } else {
-        "IGNORED"
+fn payment_row(p: &PaymentConfirmation, decision: &Decision) -> NewPayment {
+    NewPayment {
+        payment_id: p.payment_id.clone(),
+        status: p.status,
+        order_id: p.order_id.clone(),
+        amount_minor: p.amount_minor,
+        currency: truncate_chars(&p.currency, 16),
+        provider: truncate_chars(&p.provider, 64),
+        failure_reason: p
+            .failure_reason
+            .as_deref()
+            .map(|r| truncate_chars(r, MAX_TEXT)),
+        disposition: decision.disposition(),
+        event_id: p.event_id.clone(),
+        occurred_at: p.occurred_at,
     }
 }
 
-/// Claims the event ids (a repeat, in the batch or ever, is a duplicate),
-/// then applies the fresh ones through the lifecycle.
-async fn claim_and_apply(
-    lifecycle: &Lifecycle,
+/// Applies the parked events of the orders `plan` creates, in arrival order,
+/// through the same rules, and plans their removal from the parking. Returns
+/// each one's final inbox outcome. Called by the applier right after the
+/// batch's decisions, under the same locks.
+pub async fn drain_parked(
     conn: &mut PgConnection,
-    inputs: &[&Input],
-) -> anyhow::Result<Vec<Handled>> {
-    let Some(source) = inputs.first().map(|i| i.source()) else {
-        return Ok(Vec::new());
-    };
-    let mut seen = std::collections::HashSet::new();
-    let firsts: Vec<usize> = (0..inputs.len())
-        .filter(|&i| seen.insert(inputs[i].event_id()))
-        .collect();
-    let ids: Vec<&str> = firsts.iter().map(|&i| inputs[i].event_id()).collect();
-    let orders_of: Vec<&str> = firsts.iter().map(|&i| inputs[i].order_id()).collect();
-    let claimed = inbox::claim_many(conn, source, &ids, &orders_of)
-        .await
-        .context("failed to claim event ids")?;
-    let fresh: Vec<usize> = firsts
-        .into_iter()
-        .filter(|&i| claimed.contains(inputs[i].event_id()))
-        .collect();
-    let fresh_inputs: Vec<&Input> = fresh.iter().map(|&i| inputs[i]).collect();
-    let applied = lifecycle.apply_many(conn, &fresh_inputs).await?;
-
-    let mut results: Vec<Handled> = inputs
+    plan: &mut Plan,
+) -> anyhow::Result<Vec<InboxRow>> {
+    let created: HashMap<OrderId, OrderFacts> = plan
+        .created_orders()
         .iter()
-        .map(|i| Handled {
-            verdict: Verdict::Duplicate,
-            occurred_at: Some(i.occurred_at()),
-            tally: Tally::default(),
-        })
+        .map(|o| (o.order_id.clone(), facts_of(o)))
         .collect();
-    let mut outcome_ids = Vec::new();
-    let mut outcome_names = Vec::new();
-    for (&i, (verdict, tally)) in fresh.iter().zip(applied) {
-        if verdict != Verdict::Applied {
-            outcome_ids.push(inputs[i].event_id());
-            outcome_names.push(verdict.outcome().as_str());
-        }
-        results[i].verdict = verdict;
-        results[i].tally = tally;
+    if created.is_empty() {
+        return Ok(Vec::new());
     }
-    inbox::set_outcomes(conn, source, &outcome_ids, &outcome_names)
+    let ids: Vec<&str> = created.keys().map(OrderId::as_str).collect();
+    let rows = parked::of_orders(conn, &ids)
         .await
-        .context("failed to record outcomes")?;
-    Ok(results)
+        .context("failed to read parked events")?;
+    let mut events = Vec::with_capacity(rows.len());
+    for row in rows {
+        let event = match row.source.parse() {
+            Ok(Source::Payment) => LifecycleEvent::Payment(
+                serde_json::from_value(row.payload).context("parked payment")?,
+            ),
+            Ok(Source::Cancellation) => LifecycleEvent::Cancellation(
+                serde_json::from_value(row.payload).context("parked cancellation")?,
+            ),
+            _ => anyhow::bail!("parked event from unknown source {:?}", row.source),
+        };
+        events.push((row.seq, event));
+    }
+    let refs: Vec<&LifecycleEvent> = events.iter().map(|(_, e)| e).collect();
+    let mut facts = LifecycleFacts::load(conn, &refs, created).await?;
+    let mut outcomes = Vec::with_capacity(events.len());
+    for (seq, event) in &events {
+        let verdict = decide(&mut facts, event, plan);
+        plan.unpark(*seq);
+        outcomes.push(InboxRow {
+            source: event.source(),
+            event_id: event.event_id().clone(),
+            order_id: event.order_id().clone(),
+            outcome: verdict.outcome(),
+        });
+    }
+    Ok(outcomes)
+}
+
+/// What the rules know of an order the batch is creating.
+fn facts_of(order: &NewOrder) -> OrderFacts {
+    OrderFacts {
+        status: order.status,
+        total: order.amounts.map(|a| Money::from_minor(a.total)),
+        currency: order.currency.clone(),
+        paid_by: order
+            .paid_by
+            .as_ref()
+            .map(|(p, a)| (p.clone(), Money::from_minor(*a))),
+    }
 }
 
 /// Which lifecycle topic a [`LifecycleHandler`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InputKind {
+enum Kind {
     Payments,
     Cancellations,
 }
 
 /// The handler of the payment-confirmations or the cancellations topic.
 pub struct LifecycleHandler {
-    pub lifecycle: Arc<Lifecycle>,
-    pub kind: InputKind,
+    kind: Kind,
 }
 
 impl LifecycleHandler {
-    pub fn payments(lifecycle: Arc<Lifecycle>) -> Self {
+    pub fn payments() -> Self {
         LifecycleHandler {
-            lifecycle,
-            kind: InputKind::Payments,
+            kind: Kind::Payments,
         }
     }
 
-    pub fn cancellations(lifecycle: Arc<Lifecycle>) -> Self {
+    pub fn cancellations() -> Self {
         LifecycleHandler {
-            lifecycle,
-            kind: InputKind::Cancellations,
+            kind: Kind::Cancellations,
         }
     }
 }
 
 impl Handler for LifecycleHandler {
-    type Event = Input;
+    type Event = LifecycleEvent;
+    type Facts = LifecycleFacts;
 
-    fn source(&self) -> &'static str {
+    fn source(&self) -> Source {
         match self.kind {
-            InputKind::Payments => PAYMENT_SOURCE,
-            InputKind::Cancellations => CANCELLATION_SOURCE,
+            Kind::Payments => Source::Payment,
+            Kind::Cancellations => Source::Cancellation,
         }
     }
 
     fn reader_schema(&self) -> &'static apache_avro::Schema {
         match self.kind {
-            InputKind::Payments => &crate::events::avro::PAYMENT_CONFIRMATION,
-            InputKind::Cancellations => &crate::events::avro::CANCELLATION,
+            Kind::Payments => &crate::events::avro::PAYMENT_CONFIRMATION,
+            Kind::Cancellations => &crate::events::avro::CANCELLATION,
         }
     }
 
     fn decode(
         &self,
         codec: &Codec,
-        key: Option<&[u8]>,
         payload: &Normalized<'_>,
-    ) -> Result<Input, DecodeError> {
+    ) -> Result<LifecycleEvent, DecodeError> {
         match self.kind {
-            InputKind::Payments => {
+            Kind::Payments => {
                 let p: PaymentConfirmation = codec.decode(payload)?;
-                check_envelope(&p.event_id, &p.order_id, key)?;
-                if p.payment_id.is_empty() || p.payment_id.len() > 128 {
-                    return Err(DecodeError::Invalid(
-                        "payment_id must be 1 to 128 characters".into(),
-                    ));
-                }
-                if p.amount_minor < 0 {
-                    return Err(DecodeError::Invalid(format!(
-                        "amount_minor {} is negative",
-                        p.amount_minor
-                    )));
-                }
-                Ok(Input::Payment(p))
+                p.check().map_err(DecodeError::Invalid)?;
+                Ok(LifecycleEvent::Payment(p))
             }
-            InputKind::Cancellations => {
-                let c: Cancellation = codec.decode(payload)?;
-                check_envelope(&c.event_id, &c.order_id, key)?;
-                Ok(Input::Cancellation(c))
-            }
+            Kind::Cancellations => Ok(LifecycleEvent::Cancellation(codec.decode(payload)?)),
         }
     }
 
-    fn order_id<'e>(&self, event: &'e Input) -> &'e str {
-        event.order_id()
-    }
-
-    async fn apply_batch<'a>(
+    async fn load<'a>(
         &'a self,
         conn: &'a mut PgConnection,
-        events: &'a [&'a Input],
-    ) -> anyhow::Result<Vec<Handled>> {
-        claim_and_apply(&self.lifecycle, conn, events).await
+        events: &'a [&'a LifecycleEvent],
+    ) -> anyhow::Result<LifecycleFacts> {
+        LifecycleFacts::load(conn, events, HashMap::new()).await
+    }
+
+    fn decide(
+        &self,
+        facts: &mut LifecycleFacts,
+        event: &LifecycleEvent,
+        plan: &mut Plan,
+    ) -> Verdict {
+        decide(facts, event, plan)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::lifecycle::RequestedBy;
+    use crate::domain::OrderStatus;
+
+    fn order(status: OrderStatus) -> OrderFacts {
+        OrderFacts {
+            status,
+            total: Some(Money::from_minor(1000)),
+            currency: "USD".into(),
+            paid_by: None,
+        }
+    }
+
+    fn pay(order: &str, payment: &str, event: &str) -> LifecycleEvent {
+        LifecycleEvent::Payment(PaymentConfirmation {
+            event_id: EventId::parse(event).unwrap(),
+            order_id: OrderId::parse(order).unwrap(),
+            payment_id: payment.into(),
+            status: PaymentStatus::Confirmed,
+            amount_minor: 1000,
+            currency: "USD".into(),
+            provider: "p".into(),
+            failure_reason: None,
+            occurred_at: chrono::Utc::now(),
+        })
+    }
+
+    fn cancel(order: &str, event: &str) -> LifecycleEvent {
+        LifecycleEvent::Cancellation(Cancellation {
+            event_id: EventId::parse(event).unwrap(),
+            order_id: OrderId::parse(order).unwrap(),
+            reason: "r".into(),
+            requested_by: RequestedBy::Customer,
+            occurred_at: chrono::Utc::now(),
+        })
+    }
+
+    #[test]
+    fn pay_then_cancel_in_one_batch_refunds_the_payer_once_and_parks_the_unknown() {
+        let mut facts = LifecycleFacts::default();
+        facts.orders.insert(
+            OrderId::parse("o").unwrap(),
+            order(OrderStatus::PendingPayment),
+        );
+        let mut plan = Plan::default();
+        let verdicts: Vec<Verdict> = [
+            pay("o", "p-1", "e1"),
+            pay("o", "p-1", "e2"),
+            cancel("o", "e3"),
+            cancel("o", "e4"),
+            pay("unknown", "p-9", "e5"),
+        ]
+        .iter()
+        .map(|e| decide(&mut facts, e, &mut plan))
+        .collect();
+        use Verdict::*;
+        assert_eq!(verdicts, [Applied, Duplicate, Applied, Ignored, Parked]);
+        let (changes, events, tally) = plan.finish();
+        let types: Vec<&str> = events.iter().map(|e| e.event_type()).collect();
+        assert_eq!(types, ["OrderPaid", "OrderCancelled", "RefundRequested"]);
+        assert_eq!(changes.statuses.len(), 1, "one update per order");
+        assert_eq!(changes.statuses[0].status, OrderStatus::Cancelled);
+        assert_eq!(changes.refunds.len(), 1);
+        assert_eq!(changes.parked.len(), 1);
+        assert_eq!(tally.refunds, [("USD".to_owned(), 1000)]);
     }
 }

@@ -23,16 +23,19 @@ use rdkafka::util::Timeout;
 use sqlx::{Connection, PgConnection};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
+use super::backoff::Backoff;
 use crate::config::Settings;
-use crate::store::outbox::{self, PendingRecord, RecordKind};
+use crate::store::outbox::{self, PendingRecord};
 use crate::telemetry::Metrics;
 
-/// Advisory-lock key of the relay leader ("orderflo" in ASCII).
-const LEADER_LOCK: i64 = 0x6f72_6465_7266_6c6f;
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 const BACKLOG_EVERY: Duration = Duration::from_secs(2);
+
+/// Retries after a failed round (database or broker trouble): 200 ms doubling
+/// to 30 s, jittered.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
 
 pub struct Relay {
     pub settings: Settings,
@@ -54,7 +57,7 @@ impl Relay {
                 Err(e) => {
                     failures += 1;
                     self.metrics.outbox_publish_failed(&e);
-                    let wait = Duration::from_millis(200u64 << failures.min(7));
+                    let wait = RETRY.delay(failures);
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
                         _ = tokio::time::sleep(wait) => {}
@@ -72,9 +75,7 @@ impl Relay {
             .await
             .context("failed to connect the relay to PostgreSQL")?;
         loop {
-            let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(LEADER_LOCK)
-                .fetch_one(&mut conn)
+            let leader = outbox::try_lead(&mut conn)
                 .await
                 .context("failed to try the relay leader lock")?;
             if leader {
@@ -128,20 +129,9 @@ impl Relay {
                 self.metrics.outbox_purged(purged);
                 last_purge = Instant::now();
             }
-            let mut rows = outbox::pending(conn, self.settings.outbox_batch_size)
+            let rows = outbox::pending(conn, self.settings.outbox_batch_size)
                 .await
                 .context("failed to read the outbox")?;
-            if self.codec.avro_enabled() {
-                for row in rows
-                    .iter_mut()
-                    .filter(|r| r.kind == RecordKind::OrderEvent.as_str())
-                {
-                    row.payload = self
-                        .codec
-                        .order_event_wire(&row.topic, &row.payload)
-                        .await?;
-                }
-            }
             if rows.is_empty() {
                 self.metrics.set_outbox_backlog(0);
                 tokio::select! {
@@ -151,23 +141,50 @@ impl Relay {
                 }
                 continue;
             }
-            let (sent, failure) = publish_in_order(producer, &rows).await;
-            if !sent.is_empty() {
-                let ids: Vec<i64> = sent.iter().map(|r| r.id).collect();
-                outbox::mark_sent(conn, &ids)
-                    .await
-                    .context("failed to mark outbox rows sent")?;
-                let now = Utc::now();
-                for row in sent {
-                    self.metrics.outbox_published(
-                        &row.topic,
-                        (now - row.created_at).to_std().unwrap_or_default(),
-                    );
-                }
+            let span = tracing::info_span!(
+                "relay_round",
+                rows = rows.len(),
+                first_id = rows[0].id,
+                last_id = rows[rows.len() - 1].id
+            );
+            self.publish_round(conn, producer, rows)
+                .instrument(span)
+                .await?;
+        }
+    }
+
+    /// Publishes `rows` in id order and marks the delivered prefix sent.
+    async fn publish_round(
+        &self,
+        conn: &mut PgConnection,
+        producer: &FutureProducer,
+        mut rows: Vec<PendingRecord>,
+    ) -> anyhow::Result<()> {
+        if self.codec.avro_enabled() {
+            for row in rows.iter_mut().filter(|r| r.is_order_event()) {
+                row.payload = self
+                    .codec
+                    .order_event_wire(&row.topic, &row.payload)
+                    .await?;
             }
-            if let Some(e) = failure {
-                return Err(e);
+        }
+        let (sent, failure) = publish_in_order(producer, &rows).await;
+        if !sent.is_empty() {
+            let ids: Vec<i64> = sent.iter().map(|r| r.id).collect();
+            outbox::mark_sent(conn, &ids)
+                .await
+                .context("failed to mark outbox rows sent")?;
+            let now = Utc::now();
+            for row in sent {
+                self.metrics.outbox_published(
+                    &row.topic,
+                    (now - row.created_at).to_std().unwrap_or_default(),
+                );
             }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use apache_avro::types::Value;
 use apache_avro::Schema;
 use orderflow::events::CheckoutEvent;
-use orderflow::telemetry::Outcome;
+use orderflow::store::inbox::Outcome;
 
 use crate::helpers::{checkout, payment, TestEnv, CHECKOUT_TOTAL, WAIT};
 use crate::registry_double::RegistryDouble;
@@ -105,7 +105,6 @@ async fn avro_in_and_out_through_the_registry() {
     assert_eq!(types, ["OrderCreated", "OrderPaid"]);
 
     app.stop().await;
-    env.drop_database().await;
 }
 
 #[tokio::test]
@@ -180,7 +179,6 @@ async fn newer_and_older_writer_schemas_and_json_share_one_topic() {
     );
 
     app.stop().await;
-    env.drop_database().await;
 }
 
 #[tokio::test]
@@ -255,7 +253,6 @@ async fn bad_avro_is_dead_lettered_but_a_registry_outage_is_waited_out() {
     assert!(registry.requests() > 0);
 
     app.stop().await;
-    env.drop_database().await;
 }
 
 #[tokio::test]
@@ -294,6 +291,4 @@ async fn schemas_check_fails_on_a_backward_incompatible_registered_version() {
     let stdout = String::from_utf8_lossy(&bad.stdout);
     assert!(!bad.status.success(), "{stdout}");
     assert!(stdout.contains("NOT backward compatible"), "{stdout}");
-
-    env.drop_database().await;
 }

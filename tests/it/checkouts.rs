@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use orderflow::telemetry::Outcome;
+use orderflow::store::inbox::Outcome;
 
-use crate::helpers::{checkout, TestEnv};
+use crate::helpers::{checkout, event_id, TestEnv};
 
 #[tokio::test]
 async fn a_checkout_becomes_a_priced_order_with_an_order_created_event() {
@@ -53,7 +53,6 @@ async fn a_checkout_becomes_a_priced_order_with_an_order_created_event() {
         .await;
 
     app.stop().await;
-    env.drop_database().await;
 }
 
 #[tokio::test]
@@ -79,7 +78,6 @@ async fn the_same_event_twice_creates_one_order_and_counts_a_duplicate() {
     assert_eq!(env.count("SELECT count(*) FROM outbox").await, 1);
 
     app.stop().await;
-    env.drop_database().await;
 }
 
 #[tokio::test]
@@ -111,7 +109,6 @@ async fn a_second_checkout_of_the_same_cart_creates_nothing_new() {
     );
 
     app.stop().await;
-    env.drop_database().await;
 }
 
 #[tokio::test]
@@ -180,7 +177,6 @@ async fn invalid_checkouts_are_recorded_as_rejected_with_their_reason() {
     );
 
     app.stop().await;
-    env.drop_database().await;
 }
 
 #[tokio::test]
@@ -198,7 +194,7 @@ async fn undecodable_messages_go_to_the_dead_letter_topic_and_the_loop_moves_on(
     )
     .await;
     let mut wrong_key = checkout("ord-other", 9, 1);
-    wrong_key.event_id = "wrong-key".into();
+    wrong_key.event_id = event_id("wrong-key");
     env.produce(
         &topic,
         Some("ord-ok"),
@@ -236,7 +232,6 @@ async fn undecodable_messages_go_to_the_dead_letter_topic_and_the_loop_moves_on(
     assert_eq!(env.count("SELECT count(*) FROM processed_events").await, 1);
 
     app.stop().await;
-    env.drop_database().await;
 }
 
 #[tokio::test]
@@ -263,7 +258,6 @@ async fn an_order_id_reused_for_another_cart_is_dead_lettered_not_merged() {
     );
 
     app.stop().await;
-    env.drop_database().await;
 }
 
 #[tokio::test]
@@ -318,7 +312,6 @@ async fn a_batch_survives_a_database_outage_and_is_applied_when_it_returns() {
     admin.close().await;
 
     app.stop().await;
-    env.drop_database().await;
 }
 
 #[tokio::test]
@@ -331,7 +324,7 @@ async fn a_backlog_of_one_partition_is_applied_in_batches_in_offset_order() {
         if i > 0 {
             // Later checkouts reuse the order id with other carts: only the
             // first may win, which it does only if order is kept.
-            ev.event_id = format!("later-{i}");
+            ev.event_id = event_id(&format!("later-{i}"));
         }
         events.push(ev);
     }
@@ -378,8 +371,6 @@ async fn a_backlog_of_one_partition_is_applied_in_batches_in_offset_order() {
         .unwrap();
     assert_eq!(purged, 60);
     assert_eq!(env.count("SELECT count(*) FROM outbox").await, 1);
-
-    env.drop_database().await;
 }
 
 /// `orderflow produce`, run as users run it.
@@ -428,5 +419,4 @@ async fn produce_sends_every_sample_and_refuses_a_missing_topic_at_once() {
             && stderr.contains("topics apply"),
         "{stderr}"
     );
-    env.drop_database().await;
 }

@@ -7,12 +7,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use orderflow::events::{CheckoutEvent, PaymentStatus};
-use orderflow::telemetry::Outcome;
+use orderflow::store::inbox::Outcome;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::helpers::{
-    cancellation, checkout, failed_payment, payment, TestEnv, CHECKOUT_TOTAL, WAIT,
+    cancellation, checkout, event_id, failed_payment, payment, TestEnv, CHECKOUT_TOTAL, WAIT,
 };
 use crate::restart::{Worker, GROUP};
 
@@ -97,7 +97,7 @@ fn scenario(rng: &mut StdRng) -> (Vec<Vec<Msg>>, BTreeMap<String, Expected>) {
                 // event id for the same payment.
                 let p = payment(&id, &pid(1), CHECKOUT_TOTAL);
                 let mut retry = p.clone();
-                retry.event_id = format!("retry-{i}");
+                retry.event_id = event_id(&format!("retry-{i}"));
                 payments.extend([p.clone(), p.clone(), p, retry]);
             }
         }
@@ -228,8 +228,7 @@ async fn killed_twice_mid_stream_the_outcome_matches_the_model() {
         }
     };
     wait_for(0.25).await;
-    first.kill();
-    first.child.wait().await.unwrap();
+    first.kill().await;
     let mut second = Worker::spawn(&env.settings, GROUP).await;
     wait_for(0.6).await;
     let mut redelivered = 0;
@@ -240,8 +239,7 @@ async fn killed_twice_mid_stream_the_outcome_matches_the_model() {
     ] {
         redelivered += second.handled(topic, Outcome::Duplicate).await;
     }
-    second.kill();
-    second.child.wait().await.unwrap();
+    second.kill().await;
     let third = Worker::spawn(&env.settings, GROUP).await;
     producing.await.unwrap();
 
@@ -348,5 +346,4 @@ async fn killed_twice_mid_stream_the_outcome_matches_the_model() {
         distinct_events.len()
     );
     assert!(third.terminate().await.success());
-    env.drop_database().await;
 }

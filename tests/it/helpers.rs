@@ -1,16 +1,20 @@
-//! Test harness: a fresh database and fresh topic names per test, the real
-//! broker on KAFKA_BROKERS (started by scripts/test.sh), the real app.
+//! Test harness: a fresh world per test (database, topic names, consumer
+//! group; `orderflow_testkit::World`, dropped with the test even when an
+//! assertion fails), the real broker on KAFKA_BROKERS (started by
+//! scripts/test.sh), the real app.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use orderflow::app::{self, Component, Running};
-use orderflow::config::{Settings, Topics};
+use orderflow::config::Settings;
+use orderflow::domain::{EventId, OrderId};
 use orderflow::events::{
     Address, Cancellation, CheckoutEvent, CheckoutItem, PaymentConfirmation, PaymentStatus,
     RequestedBy,
 };
+use orderflow::store::inbox::Outcome;
+use orderflow_testkit::World;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::FutureProducer;
@@ -24,6 +28,9 @@ pub struct TestEnv {
     pub settings: Settings,
     pub pool: PgPool,
     producer: FutureProducer,
+    /// Drops the database when the test ends, however it ends; `None` for a
+    /// second handle on another test's world.
+    _world: Option<World>,
 }
 
 impl TestEnv {
@@ -32,52 +39,32 @@ impl TestEnv {
     }
 
     pub async fn with(customise: impl FnOnce(&mut Settings)) -> TestEnv {
-        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let base = Settings::from_env().expect("settings from the environment");
-        let server = base
-            .database_url
-            .rsplit_once('/')
-            .map(|(s, _)| s.to_owned())
-            .expect("DATABASE_URL has a path");
-        let mut settings = base.clone();
-        settings.database_url = format!("{server}/orderflow_test_{id}");
-        settings.topics = Topics::prefixed(&format!("t{id}-"));
-        settings.group_id = format!("orderflow-test-{id}");
-        settings.http_addr = "127.0.0.1:0".parse().unwrap();
-        settings.batch_max_wait = Duration::from_millis(10);
-        settings.outbox_poll_interval = Duration::from_millis(50);
-        settings.statistics_interval = Duration::from_millis(500);
-        settings.topic_replication_factor = 1;
-        customise(&mut settings);
+        let world = World::create(&base, "test", |settings| {
+            settings.http_addr = "127.0.0.1:0".parse().unwrap();
+            settings.batch_max_wait = Duration::from_millis(10);
+            settings.outbox_poll_interval = Duration::from_millis(50);
+            settings.statistics_interval = Duration::from_millis(500);
+            settings.topic_replication_factor = 1;
+            customise(settings);
+        })
+        .await
+        .expect("a fresh test world");
+        let mut env = Self::with_settings(world.settings.clone()).await;
+        env._world = Some(world);
+        env
+    }
 
-        orderflow::store::migrate(&settings.database_url)
-            .await
-            .expect("migrate test database");
-        let specs = orderflow::kafka::topics::load_specs(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("topics"),
-        )
-        .expect("topic definitions");
-        orderflow::kafka::topics::apply(&settings, &specs)
-            .await
-            .expect("create test topics");
+    /// A second handle on an existing environment (its own producer and
+    /// pool), e.g. to produce from another task. Does not create anything.
+    pub async fn with_settings(settings: Settings) -> TestEnv {
         let pool = orderflow::store::pool(&settings.database_url, 4).unwrap();
         let producer = orderflow::produce::producer(&settings).unwrap();
         TestEnv {
             settings,
             pool,
             producer,
-        }
-    }
-
-    /// A second handle on an existing environment (its own producer and
-    /// pool), e.g. to produce from another task. Does not create anything.
-    pub async fn with_settings(settings: Settings) -> TestEnv {
-        let pool = orderflow::store::pool(&settings.database_url, 2).unwrap();
-        let producer = orderflow::produce::producer(&settings).unwrap();
-        TestEnv {
-            settings,
-            pool,
-            producer,
+            _world: None,
         }
     }
 
@@ -115,11 +102,15 @@ impl TestEnv {
     pub async fn produce_json(
         &self,
         topic: &str,
-        order_id: &str,
+        order_id: &OrderId,
         event: &impl serde::Serialize,
     ) -> (i32, i64) {
-        self.produce(topic, Some(order_id), &serde_json::to_vec(event).unwrap())
-            .await
+        self.produce(
+            topic,
+            Some(order_id.as_str()),
+            &serde_json::to_vec(event).unwrap(),
+        )
+        .await
     }
 
     /// Produces a checkout; returns its (partition, offset).
@@ -132,21 +123,34 @@ impl TestEnv {
         .await
     }
 
-    /// Polls `query` (a scalar count) until it returns `expected`.
+    pub async fn produce_payment(&self, p: &PaymentConfirmation) {
+        self.produce_json(&self.settings.topics.payment_confirmations, &p.order_id, p)
+            .await;
+    }
+
+    pub async fn produce_cancellation(&self, c: &Cancellation) {
+        self.produce_json(&self.settings.topics.cancellations, &c.order_id, c)
+            .await;
+    }
+
+    /// Polls `query` (a scalar count, no parameters) until it returns
+    /// `expected`.
     pub async fn wait_count(&self, query: &str, expected: i64) {
+        self.wait_until(&format!("`{query}` = {expected}"), || async {
+            self.count(query).await == expected
+        })
+        .await;
+    }
+
+    /// Polls `check` until it holds; fails the test after [`WAIT`].
+    pub async fn wait_until<F, Fut>(&self, what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
         let started = Instant::now();
-        loop {
-            let n: i64 = sqlx::query_scalar(query)
-                .fetch_one(&self.pool)
-                .await
-                .expect(query);
-            if n == expected {
-                return;
-            }
-            assert!(
-                started.elapsed() < WAIT,
-                "timed out: `{query}` is {n}, expected {expected}"
-            );
+        while !check().await {
+            assert!(started.elapsed() < WAIT, "timed out waiting for {what}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -156,6 +160,63 @@ impl TestEnv {
             .fetch_one(&self.pool)
             .await
             .expect(query)
+    }
+
+    /// How many of `order_ids` have an order.
+    pub async fn orders_among(&self, order_ids: &[String]) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM orders WHERE order_id = ANY($1)")
+            .bind(order_ids)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn status_of(&self, order_id: &str) -> String {
+        sqlx::query_scalar("SELECT status FROM orders WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Waits until the order has `status`.
+    pub async fn wait_status(&self, order_id: &str, status: &str) {
+        self.wait_until(&format!("order {order_id} to be {status}"), || async {
+            let now: Option<String> =
+                sqlx::query_scalar("SELECT status FROM orders WHERE order_id = $1")
+                    .bind(order_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .unwrap();
+            now.as_deref() == Some(status)
+        })
+        .await;
+    }
+
+    /// The published order events of `order_id`, as (event_type, json), in
+    /// outbox (commit) order.
+    pub async fn events_of(&self, order_id: &str) -> Vec<(String, serde_json::Value)> {
+        let rows: Vec<(Vec<u8>,)> =
+            sqlx::query_as("SELECT payload FROM outbox WHERE key = $1 AND topic = $2 ORDER BY id")
+                .bind(order_id.as_bytes())
+                .bind(&self.settings.topics.order_events)
+                .fetch_all(&self.pool)
+                .await
+                .unwrap();
+        rows.into_iter()
+            .map(|(p,)| {
+                let v: serde_json::Value = serde_json::from_slice(&p).unwrap();
+                (v["event_type"].as_str().unwrap().to_owned(), v)
+            })
+            .collect()
+    }
+
+    pub async fn event_types_of(&self, order_id: &str) -> Vec<String> {
+        self.events_of(order_id)
+            .await
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect()
     }
 
     /// Reads `n` records from `topic` from the beginning (a fresh group), and
@@ -209,13 +270,6 @@ impl TestEnv {
             records.len()
         );
         records
-    }
-
-    pub async fn drop_database(self) {
-        self.pool.close().await;
-        orderflow::store::drop_database(&self.settings.database_url)
-            .await
-            .unwrap();
     }
 }
 
@@ -274,12 +328,12 @@ impl TestApp {
             .unwrap()
     }
 
-    pub fn handled(&self, topic: &str, outcome: orderflow::telemetry::Outcome) -> u64 {
-        self.running.metrics.messages_count(topic, outcome)
+    pub fn handled(&self, topic: &str, outcome: Outcome) -> u64 {
+        self.running.metrics.messages_count(topic, outcome.as_str())
     }
 
     /// Waits until `handled(topic, outcome)` reaches `n`.
-    pub async fn wait_handled(&self, topic: &str, outcome: orderflow::telemetry::Outcome, n: u64) {
+    pub async fn wait_handled(&self, topic: &str, outcome: Outcome, n: u64) {
         let started = Instant::now();
         while self.handled(topic, outcome) < n {
             assert!(
@@ -296,6 +350,19 @@ impl TestApp {
     }
 }
 
+/// A fresh event id.
+pub fn new_event_id() -> EventId {
+    event_id(&uuid::Uuid::new_v4().to_string())
+}
+
+pub fn event_id(raw: &str) -> EventId {
+    EventId::parse(raw).expect("a valid event id")
+}
+
+pub fn order_id_of(raw: &str) -> OrderId {
+    OrderId::parse(raw).expect("a valid order id")
+}
+
 /// A valid checkout shipped to California: 2 × 1,000 + 1 × 550 = 2,550 cents.
 pub fn checkout(order_id: &str, cart_id: i64, user_id: i64) -> CheckoutEvent {
     let address = Address {
@@ -306,8 +373,8 @@ pub fn checkout(order_id: &str, cart_id: i64, user_id: i64) -> CheckoutEvent {
         country: "US".into(),
     };
     CheckoutEvent {
-        event_id: uuid::Uuid::new_v4().to_string(),
-        order_id: order_id.into(),
+        event_id: new_event_id(),
+        order_id: order_id_of(order_id),
         cart_id,
         user_id,
         currency: "USD".into(),
@@ -332,68 +399,11 @@ pub fn checkout(order_id: &str, cart_id: i64, user_id: i64) -> CheckoutEvent {
     }
 }
 
-impl TestEnv {
-    pub async fn produce_payment(&self, p: &PaymentConfirmation) {
-        self.produce_json(&self.settings.topics.payment_confirmations, &p.order_id, p)
-            .await;
-    }
-
-    pub async fn produce_cancellation(&self, c: &Cancellation) {
-        self.produce_json(&self.settings.topics.cancellations, &c.order_id, c)
-            .await;
-    }
-
-    pub async fn status_of(&self, order_id: &str) -> String {
-        sqlx::query_scalar("SELECT status FROM orders WHERE order_id = $1")
-            .bind(order_id)
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
-    }
-
-    /// Waits until the order has `status`.
-    pub async fn wait_status(&self, order_id: &str, status: &str) {
-        self.wait_count(
-            &format!(
-                "SELECT count(*) FROM orders WHERE order_id = '{order_id}' AND status = '{status}'"
-            ),
-            1,
-        )
-        .await;
-    }
-
-    /// The published order events of `order_id`, as (event_type, json), in
-    /// outbox (commit) order.
-    pub async fn events_of(&self, order_id: &str) -> Vec<(String, serde_json::Value)> {
-        let rows: Vec<(Vec<u8>,)> =
-            sqlx::query_as("SELECT payload FROM outbox WHERE key = $1 AND topic = $2 ORDER BY id")
-                .bind(order_id.as_bytes())
-                .bind(&self.settings.topics.order_events)
-                .fetch_all(&self.pool)
-                .await
-                .unwrap();
-        rows.into_iter()
-            .map(|(p,)| {
-                let v: serde_json::Value = serde_json::from_slice(&p).unwrap();
-                (v["event_type"].as_str().unwrap().to_owned(), v)
-            })
-            .collect()
-    }
-
-    pub async fn event_types_of(&self, order_id: &str) -> Vec<String> {
-        self.events_of(order_id)
-            .await
-            .into_iter()
-            .map(|(t, _)| t)
-            .collect()
-    }
-}
-
 /// A confirmed payment of `amount` USD.
 pub fn payment(order_id: &str, payment_id: &str, amount: i64) -> PaymentConfirmation {
     PaymentConfirmation {
-        event_id: uuid::Uuid::new_v4().to_string(),
-        order_id: order_id.into(),
+        event_id: new_event_id(),
+        order_id: order_id_of(order_id),
         payment_id: payment_id.into(),
         status: PaymentStatus::Confirmed,
         amount_minor: amount,
@@ -414,8 +424,8 @@ pub fn failed_payment(order_id: &str, payment_id: &str, amount: i64) -> PaymentC
 
 pub fn cancellation(order_id: &str) -> Cancellation {
     Cancellation {
-        event_id: uuid::Uuid::new_v4().to_string(),
-        order_id: order_id.into(),
+        event_id: new_event_id(),
+        order_id: order_id_of(order_id),
         reason: "changed my mind".into(),
         requested_by: RequestedBy::Customer,
         occurred_at: chrono::Utc::now(),

@@ -1,6 +1,6 @@
 //! The read API: order detail and status, user history, health, metrics.
 
-use orderflow::telemetry::Outcome;
+use orderflow::store::inbox::Outcome;
 
 use crate::helpers::{checkout, TestEnv};
 
@@ -36,7 +36,6 @@ async fn unknown_orders_and_bad_parameters_get_json_errors() {
     );
 
     app.stop().await;
-    env.drop_database().await;
 }
 
 #[tokio::test]
@@ -84,7 +83,6 @@ async fn status_is_small_and_history_pages_newest_first_with_items() {
     assert!(empty["next_before"].is_null());
 
     app.stop().await;
-    env.drop_database().await;
 }
 
 #[tokio::test]
@@ -127,5 +125,4 @@ async fn health_readiness_and_metrics_report_the_running_service() {
     http_only.stop().await;
 
     app.stop().await;
-    env.drop_database().await;
 }

@@ -1,9 +1,11 @@
 //! The lifecycle rules, one test per group of table rows, on the real broker
 //! and database.
 
-use orderflow::telemetry::Outcome;
+use orderflow::store::inbox::Outcome;
 
-use crate::helpers::{cancellation, checkout, failed_payment, payment, TestEnv, CHECKOUT_TOTAL};
+use crate::helpers::{
+    cancellation, checkout, event_id, failed_payment, payment, TestEnv, CHECKOUT_TOTAL,
+};
 
 #[tokio::test]
 async fn a_matching_payment_pays_a_pending_order_and_one_whose_payment_failed() {
@@ -54,7 +56,6 @@ async fn a_matching_payment_pays_a_pending_order_and_one_whose_payment_failed() 
         .contains("orderflow_order_transitions_total{from=\"PAYMENT_FAILED\",to=\"PAID\"} 1"));
 
     app.stop().await;
-    env.drop_database().await;
 }
 
 #[tokio::test]
@@ -115,7 +116,6 @@ async fn a_payment_that_does_not_fit_is_rejected_and_refunded_whatever_the_state
     assert!(text.contains("orderflow_refunds_requested_total{currency=\"EUR\"} 1"));
 
     app.stop().await;
-    env.drop_database().await;
 }
 
 #[tokio::test]
@@ -128,7 +128,7 @@ async fn a_second_payment_is_refunded_and_repeated_webhooks_change_nothing() {
     env.produce_payment(&first).await;
     env.produce_payment(&first).await; // same event again
     let mut webhook_retry = payment("twice", "p-1", CHECKOUT_TOTAL);
-    webhook_retry.event_id = "retry-of-p-1".into(); // new event id, same payment
+    webhook_retry.event_id = event_id("retry-of-p-1"); // new event id, same payment
     env.produce_payment(&webhook_retry).await;
     env.produce_payment(&payment("twice", "p-2", CHECKOUT_TOTAL))
         .await;
@@ -149,7 +149,6 @@ async fn a_second_payment_is_refunded_and_repeated_webhooks_change_nothing() {
     );
 
     app.stop().await;
-    env.drop_database().await;
 }
 
 #[tokio::test]
@@ -215,7 +214,6 @@ async fn cancelling_cancels_unpaid_orders_refunds_paid_ones_and_ignores_repeats(
     );
 
     app.stop().await;
-    env.drop_database().await;
 }
 
 #[tokio::test]
@@ -242,7 +240,6 @@ async fn a_rejected_order_refunds_payments_and_ignores_cancellations() {
     );
 
     app.stop().await;
-    env.drop_database().await;
 }
 
 #[tokio::test]
@@ -309,7 +306,6 @@ async fn events_for_an_unknown_order_are_parked_then_applied_in_arrival_order() 
     );
 
     app.stop().await;
-    env.drop_database().await;
 }
 
 #[tokio::test]
@@ -324,5 +320,4 @@ async fn parked_events_older_than_the_limit_are_reported_not_dropped() {
     assert_eq!(env.count("SELECT count(*) FROM parked_events").await, 1);
 
     app.stop().await;
-    env.drop_database().await;
 }

@@ -2,79 +2,40 @@
 //! worker commits its offsets so nothing is redelivered.
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use orderflow::config::Settings;
-use orderflow::telemetry::Outcome;
-use tokio::process::{Child, Command};
+use orderflow::store::inbox::Outcome;
 
 use crate::helpers::{checkout, TestEnv, WAIT};
 
-/// The real `orderflow run` binary in a child process.
-pub struct Worker {
-    pub child: Child,
-    base: String,
-}
+/// The real `orderflow run` binary in a child process (the test kit's
+/// worker), with the tests' short intervals.
+pub struct Worker(orderflow_testkit::Worker);
 
 impl Worker {
     pub async fn spawn(settings: &Settings, kafka_config: &str) -> Worker {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let child = Command::new(env!("CARGO_BIN_EXE_orderflow"))
-            .arg("run")
-            .env("DATABASE_URL", &settings.database_url)
-            .env("KAFKA_BROKERS", &settings.kafka_brokers)
-            .env("KAFKA_GROUP_ID", &settings.group_id)
-            .env("KAFKA_CONSUMER_CONFIG", kafka_config)
-            .env("KAFKA_STATISTICS_INTERVAL_MS", "500")
-            .envs(settings.topics.vars())
-            .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .env("BATCH_MAX_WAIT_MS", "10")
-            .env("OUTBOX_POLL_INTERVAL_MS", "50")
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_WORKER_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn orderflow run");
-        let worker = Worker {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        };
-        let started = Instant::now();
-        while reqwest::get(format!("{}/readyz", worker.base))
-            .await
-            .map(|r| r.status().as_u16())
-            .ok()
-            != Some(200)
-        {
-            assert!(started.elapsed() < WAIT, "worker never became ready");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        worker
+        let log = std::env::var("TEST_WORKER_LOG").unwrap_or_else(|_| "warn".into());
+        let env = [
+            ("KAFKA_CONSUMER_CONFIG", kafka_config),
+            ("KAFKA_STATISTICS_INTERVAL_MS", "500"),
+            ("BATCH_MAX_WAIT_MS", "10"),
+            ("OUTBOX_POLL_INTERVAL_MS", "50"),
+            ("RUST_LOG", log.as_str()),
+        ];
+        let binary = std::path::Path::new(env!("CARGO_BIN_EXE_orderflow"));
+        Worker(
+            orderflow_testkit::Worker::spawn(binary, settings, &env)
+                .await
+                .expect("worker starts and becomes ready"),
+        )
     }
 
     pub async fn handled(&self, topic: &str, outcome: Outcome) -> u64 {
-        let text = reqwest::get(format!("{}/metrics", self.base))
+        self.0
+            .handled(topic, outcome.as_str())
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let series = format!(
-            "orderflow_messages_total{{outcome=\"{}\",topic=\"{topic}\"}} ",
-            outcome.as_str()
-        );
-        text.lines()
-            .find_map(|l| l.strip_prefix(&series))
-            .map(|v| v.trim().parse().unwrap())
-            .unwrap_or(0)
+            .expect("worker metrics")
     }
 
     pub async fn wait_handled(&self, topic: &str, outcome: Outcome, n: u64) {
@@ -88,26 +49,13 @@ impl Worker {
         }
     }
 
-    pub fn kill(&mut self) {
-        let pid = self.child.id().expect("running") as i32;
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+    /// SIGKILL, and wait until it is gone.
+    pub async fn kill(&mut self) {
+        self.0.kill().await.expect("SIGKILL the worker");
     }
 
-    pub async fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().expect("running") as i32;
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        tokio::time::timeout(WAIT, self.child.wait())
-            .await
-            .expect("exits after SIGTERM")
-            .unwrap()
+    pub async fn terminate(self) -> std::process::ExitStatus {
+        self.0.terminate().await.expect("graceful stop")
     }
 }
 
@@ -133,8 +81,7 @@ async fn a_killed_worker_redelivers_on_restart_without_double_effects() {
     env.wait_count("SELECT count(*) FROM orders", orders).await;
     env.wait_count("SELECT count(*) FROM outbox WHERE sent_at IS NULL", 0)
         .await;
-    first.kill();
-    first.child.wait().await.unwrap();
+    first.kill().await;
 
     let second = Worker::spawn(&env.settings, GROUP).await;
     second
@@ -177,7 +124,6 @@ async fn a_killed_worker_redelivers_on_restart_without_double_effects() {
     assert_eq!(by_event.len(), orders as usize + 1);
 
     assert!(second.terminate().await.success());
-    env.drop_database().await;
 }
 
 #[tokio::test]
@@ -199,5 +145,4 @@ async fn a_graceful_stop_commits_offsets_so_a_restart_redelivers_nothing() {
     assert_eq!(env.count("SELECT count(*) FROM orders").await, 6);
 
     again.stop().await;
-    env.drop_database().await;
 }

@@ -1,0 +1,231 @@
+//! Load generators: the mix of checkouts, payments and cancellations, a
+//! fixed-rate sender, and the broker-alone floor under the latency phase.
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use orderflow::config::Topics;
+use orderflow::domain::{EventId, OrderId};
+use orderflow::events::{
+    Cancellation, CheckoutEvent, PaymentConfirmation, PaymentStatus, RequestedBy,
+};
+use orderflow::produce::{enqueue, sample_checkout, InFlight};
+use orderflow::store::pricing_tables::PricingTables;
+use rand::Rng;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::Producer;
+use rdkafka::util::Timeout;
+use rdkafka::Message;
+
+use crate::harness::Bench;
+use crate::progress;
+use crate::report::percentile;
+
+/// One checkout of the benchmark mix with what follows it: a payment and a
+/// cancellation, each with its probability (by default 0.9 and 0.05, the
+/// ratios 1 : 0.9 : 0.05).
+#[derive(Debug, Clone)]
+pub struct Mixed {
+    pub checkout: CheckoutEvent,
+    pub payment: Option<PaymentConfirmation>,
+    pub cancellation: Option<Cancellation>,
+}
+
+impl Mixed {
+    pub fn new(
+        rng: &mut impl Rng,
+        ratios: (f64, f64),
+        tables: &PricingTables,
+        order_id: &str,
+        cart_id: i64,
+    ) -> anyhow::Result<Mixed> {
+        let order_id = OrderId::parse(order_id)?;
+        let checkout = sample_checkout(rng, &order_id, cart_id, false);
+        Ok(Mixed {
+            payment: rng
+                .gen_bool(ratios.0)
+                .then(|| payment_for(&checkout, tables)),
+            cancellation: rng.gen_bool(ratios.1).then(|| cancel_for(&checkout)),
+            checkout,
+        })
+    }
+
+    pub fn events(&self) -> u64 {
+        1 + u64::from(self.payment.is_some()) + u64::from(self.cancellation.is_some())
+    }
+}
+
+fn new_event_id() -> EventId {
+    EventId::parse(&uuid::Uuid::new_v4().to_string()).expect("a UUID is a valid event id")
+}
+
+/// A confirmed payment of the order's total, priced with the same tables the
+/// worker uses, so orders get PAID and cancelling a paid one requests a refund.
+fn payment_for(ev: &CheckoutEvent, tables: &PricingTables) -> PaymentConfirmation {
+    let amount_minor = orderflow::workers::checkout::price(tables, ev)
+        .map_or(1_000, |priced| priced.total.minor());
+    PaymentConfirmation {
+        event_id: new_event_id(),
+        order_id: ev.order_id.clone(),
+        payment_id: format!("pay-{}", ev.order_id),
+        status: PaymentStatus::Confirmed,
+        amount_minor,
+        currency: ev.currency.clone(),
+        provider: "bench".into(),
+        failure_reason: None,
+        occurred_at: chrono::Utc::now(),
+    }
+}
+
+fn cancel_for(ev: &CheckoutEvent) -> Cancellation {
+    Cancellation {
+        event_id: new_event_id(),
+        order_id: ev.order_id.clone(),
+        reason: "bench".into(),
+        requested_by: RequestedBy::Customer,
+        occurred_at: chrono::Utc::now(),
+    }
+}
+
+/// Calls `send(n)` for n = 0, 1, … at `rate` per second for `secs` seconds
+/// (every 10 ms, whatever has fallen due); returns how many were sent.
+pub async fn at_rate(
+    rate: u64,
+    secs: u64,
+    mut send: impl FnMut(u64) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
+    let total = rate * secs;
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_millis(10));
+    let mut sent = 0u64;
+    while sent < total {
+        ticker.tick().await;
+        let due = ((started.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
+        while sent < due {
+            send(sent)?;
+            sent += 1;
+        }
+    }
+    Ok(sent)
+}
+
+impl Bench {
+    /// The mix, produced as fast as the broker takes it; a failed delivery
+    /// stops the run (the worker would otherwise wait for it forever).
+    pub async fn produce_mix(&self, checkouts: u64) -> anyhow::Result<u64> {
+        let t = &self.settings().topics;
+        let started = Instant::now();
+        let mut sent = 0u64;
+        // Per topic: deliveries are confirmed in order within one topic.
+        let mut in_flight = [
+            InFlight::new(&t.checkouts),
+            InFlight::new(&t.payment_confirmations),
+            InFlight::new(&t.cancellations),
+        ];
+        let mut rng = rand::thread_rng();
+        for n in 0..checkouts {
+            let mixed = Mixed::new(
+                &mut rng,
+                self.ratios,
+                &self.tables,
+                &format!("b-{n}"),
+                n as i64,
+            )?;
+            let key = mixed.checkout.order_id.to_string();
+            let payloads = [
+                Some(serde_json::to_vec(&mixed.checkout)?),
+                mixed.payment.map(|p| serde_json::to_vec(&p)).transpose()?,
+                mixed
+                    .cancellation
+                    .map(|c| serde_json::to_vec(&c))
+                    .transpose()?,
+            ];
+            for (topic, payload) in in_flight.iter_mut().zip(payloads) {
+                let Some(payload) = payload else { continue };
+                let delivery = enqueue(&self.producer, topic.topic, &key, &payload)?;
+                topic.push(delivery, None).await?;
+                sent += 1;
+                if sent.is_multiple_of(50_000) {
+                    let rate = sent as f64 / started.elapsed().as_secs_f64();
+                    progress(format!("produced {sent} events ({rate:.0}/s)"));
+                }
+            }
+        }
+        for topic in &mut in_flight {
+            topic.confirm_all().await?;
+        }
+        Ok(sent)
+    }
+
+    /// Checkouts at a fixed rate, each stamped with its send time.
+    pub async fn produce_at_rate(&self, rate: u64, secs: u64) -> anyhow::Result<u64> {
+        let mut rng = rand::thread_rng();
+        let topic = &self.settings().topics.checkouts;
+        let sent = at_rate(rate, secs, |n| {
+            let order_id = OrderId::parse(&format!("lat-{n}"))?;
+            let mut ev = sample_checkout(&mut rng, &order_id, 900_000_000_000 + n as i64, false);
+            ev.occurred_at = chrono::Utc::now();
+            enqueue(
+                &self.latency_producer,
+                topic,
+                order_id.as_str(),
+                &serde_json::to_vec(&ev)?,
+            )?;
+            if (n + 1).is_multiple_of(rate * 5) {
+                progress(format!("latency: sent {} / {}", n + 1, rate * secs));
+            }
+            Ok(())
+        })
+        .await?;
+        self.latency_producer
+            .flush(Timeout::After(Duration::from_secs(30)))?;
+        Ok(sent)
+    }
+
+    /// Produce → consume latency of the broker with no orderflow in between,
+    /// on an otherwise unused topic, with the worker's consumer settings.
+    pub async fn broker_floor(&self, rate: u64, secs: u64) -> anyhow::Result<(f64, f64)> {
+        let settings = self.settings();
+        let topic = Topics::dlq(&settings.topics.payment_confirmations);
+        let consumer: StreamConsumer =
+            orderflow::kafka::consumer_config(settings, &format!("{}-floor", settings.group_id))
+                .set("enable.auto.commit", "false")
+                .set("auto.offset.reset", "latest")
+                .create()?;
+        consumer.subscribe(&[topic.as_str()])?;
+        // Wait for the assignment before producing.
+        let started = Instant::now();
+        while consumer.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
+            let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
+            if started.elapsed() > Duration::from_secs(20) {
+                bail!("floor consumer got no assignment");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let total = rate * secs;
+        let producer = self.latency_producer.clone();
+        let sender_topic = topic.clone();
+        let sender = tokio::spawn(async move {
+            at_rate(rate, secs, |_| {
+                let now = chrono::Utc::now().timestamp_micros().to_string();
+                enqueue(&producer, &sender_topic, &now, now.as_bytes()).map(drop)
+            })
+            .await
+        });
+        let mut latencies = Vec::with_capacity(total as usize);
+        let deadline = Instant::now() + Duration::from_secs(secs + 20);
+        while (latencies.len() as u64) < total && Instant::now() < deadline {
+            if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
+                let sent: i64 = m
+                    .payload()
+                    .and_then(|p| std::str::from_utf8(p).ok())
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                latencies.push((chrono::Utc::now().timestamp_micros() - sent) as f64 / 1000.0);
+            }
+        }
+        sender.await??;
+        latencies.sort_by(|a, b| a.total_cmp(b));
+        Ok((percentile(&latencies, 0.5), percentile(&latencies, 0.99)))
+    }
+}

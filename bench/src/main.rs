@@ -1,0 +1,102 @@
+//! `orderflow-bench`: throughput, latency, HTTP and memory of the real
+//! worker, with the database ceiling and a naive design measured in the same
+//! run so machine noise cancels out in the ratios. `./scripts/bench.sh` runs
+//! it on a fresh broker; it is not part of the service's binary.
+//!
+//! It creates a fresh database and fresh topics, runs `orderflow run` as a
+//! child process (so its RSS is the worker's alone), and drops the database
+//! at the end.
+
+mod baselines;
+mod harness;
+mod http_load;
+mod load;
+mod report;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use orderflow::config::Settings;
+
+/// Measure throughput, latency, HTTP and memory against same-run baselines.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "orderflow-bench")]
+pub struct Options {
+    /// Checkouts for the throughput phase (payments and cancellations are added).
+    #[arg(long, default_value_t = 200_000)]
+    pub checkouts: u64,
+    /// Payments per checkout in the throughput phase's mix.
+    #[arg(long, default_value_t = 0.9)]
+    pub payment_ratio: f64,
+    /// Cancellations per checkout in the throughput phase's mix.
+    #[arg(long, default_value_t = 0.05)]
+    pub cancellation_ratio: f64,
+    /// Checkouts per second in the latency phase.
+    #[arg(long, default_value_t = 1_000)]
+    pub latency_rate: u64,
+    /// Length of the latency phase, seconds.
+    #[arg(long, default_value_t = 60)]
+    pub latency_secs: u64,
+    /// Length of each HTTP phase, seconds.
+    #[arg(long, default_value_t = 10)]
+    pub http_secs: u64,
+    /// Concurrent HTTP connections; each route is measured at each level.
+    #[arg(long, value_delimiter = ',', default_value = "8,32,64")]
+    pub http_concurrency: Vec<usize>,
+    /// Checkouts for the database-ceiling baseline (the naive one uses a fifth).
+    #[arg(long, default_value_t = 20_000)]
+    pub baseline_events: u64,
+    /// Print the result as JSON as well.
+    #[arg(long)]
+    pub json: bool,
+    /// The orderflow binary to run as the worker (default: the `orderflow`
+    /// next to this one), to compare two builds under the same harness.
+    #[arg(long)]
+    pub worker: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let options = Options::parse();
+    match run(options).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("orderflow-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(options: Options) -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
+    for (name, ratio) in [
+        ("--payment-ratio", options.payment_ratio),
+        ("--cancellation-ratio", options.cancellation_ratio),
+    ] {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&ratio),
+            "{name} must be between 0 and 1, not {ratio}"
+        );
+    }
+    let worker = match &options.worker {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("orderflow"),
+    };
+    anyhow::ensure!(
+        worker.exists(),
+        "no worker binary at {} (build it: cargo build --release -p orderflow, or pass --worker)",
+        worker.display()
+    );
+    let report = harness::run(&settings, &options, &worker).await?;
+    report.print_table();
+    if options.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}
+
+/// Progress on stderr, so stdout holds only the result.
+pub fn progress(msg: impl AsRef<str>) {
+    eprintln!("[bench] {}", msg.as_ref());
+}

@@ -1,0 +1,185 @@
+//! The result of a run: one table, and JSON with `--json`.
+
+use serde::Serialize;
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub checkouts: u64,
+    pub total_events: u64,
+    pub throughput_events_per_s: f64,
+    pub throughput_checkouts_per_s: f64,
+    pub outbox_drained_s: f64,
+    pub db_ceiling_checkouts_per_s: f64,
+    /// The same mix of events as the throughput phase.
+    pub db_ceiling_events_per_s: f64,
+    pub naive_checkouts_per_s: f64,
+    pub ratio_to_db_ceiling: f64,
+    pub ratio_to_naive: f64,
+    pub latency_rate_per_s: u64,
+    pub latency_events: u64,
+    pub latency_p50_ms: f64,
+    pub latency_p95_ms: f64,
+    pub latency_p99_ms: f64,
+    pub latency_max_ms: f64,
+    /// Produce → consume through the broker alone at the same rate.
+    pub broker_floor_p50_ms: f64,
+    pub broker_floor_p99_ms: f64,
+    /// Each route at each concurrency level.
+    pub http: Vec<HttpRun>,
+    pub worker_peak_rss_mb: f64,
+    pub worker_rss_after_throughput_mb: f64,
+    pub worker_rss_end_mb: f64,
+    /// Messages per committed transaction in the throughput phase, by topic.
+    pub mean_batch_size: Vec<(String, f64)>,
+}
+
+/// One route under closed-loop load: `connections` clients, each sending its
+/// next request as soon as the last is answered.
+#[derive(Debug, Default, Serialize)]
+pub struct HttpRun {
+    pub route: String,
+    pub connections: usize,
+    pub requests_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub errors: u64,
+}
+
+/// The value at fraction `p` of an ascending sample (0 when it is empty).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0.0)
+}
+
+/// `bench-<id>-checkouts` → `checkouts`.
+pub fn short_topic(topic: &str) -> &str {
+    topic
+        .strip_prefix("bench-")
+        .and_then(|t| t.split_once('-'))
+        .map_or(topic, |(_, name)| name)
+}
+
+impl Report {
+    pub fn print_table(&self) {
+        let mut rows = self.throughput_rows();
+        rows.extend(self.latency_and_memory_rows());
+        rows.extend(self.http.iter().map(|run| {
+            let errors = match run.errors {
+                0 => String::new(),
+                n => format!(", {n} errors"),
+            };
+            (
+                format!("{}, {} connections", run.route, run.connections),
+                format!(
+                    "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms{errors}",
+                    run.requests_per_s, run.p50_ms, run.p99_ms
+                ),
+            )
+        }));
+        let width = rows
+            .iter()
+            .map(|(k, _)| k.chars().count())
+            .max()
+            .unwrap_or(0);
+        println!();
+        for (k, v) in rows {
+            println!("{k:<width$}  {v}");
+        }
+    }
+
+    fn throughput_rows(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "throughput (all events, to committed effect)".into(),
+                format!("{:.0} events/s", self.throughput_events_per_s),
+            ),
+            (
+                "throughput (checkouts)".into(),
+                format!(
+                    "{:.0} checkouts/s ({} checkouts, {} events)",
+                    self.throughput_checkouts_per_s, self.checkouts, self.total_events
+                ),
+            ),
+            (
+                "outbox drained after".into(),
+                format!("{:.1} s", self.outbox_drained_s),
+            ),
+            (
+                "baseline: database ceiling (same mix, no Kafka)".into(),
+                format!(
+                    "{:.0} events/s ({:.0} checkouts/s)",
+                    self.db_ceiling_events_per_s, self.db_ceiling_checkouts_per_s
+                ),
+            ),
+            (
+                "baseline: naive (tx + sync produce per message)".into(),
+                format!("{:.0} checkouts/s", self.naive_checkouts_per_s),
+            ),
+            (
+                "ratio to database ceiling (events/s)".into(),
+                format!("{:.0} %", self.ratio_to_db_ceiling * 100.0),
+            ),
+            (
+                "ratio to naive".into(),
+                format!("{:.1}×", self.ratio_to_naive),
+            ),
+            (
+                "mean batch size (messages per transaction)".into(),
+                self.mean_batch_size
+                    .iter()
+                    .map(|(t, n)| format!("{} {n}", short_topic(t)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+        ]
+    }
+
+    fn latency_and_memory_rows(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "latency produce → commit".into(),
+                format!(
+                    "p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} events at {}/s)",
+                    self.latency_p50_ms,
+                    self.latency_p95_ms,
+                    self.latency_p99_ms,
+                    self.latency_max_ms,
+                    self.latency_events,
+                    self.latency_rate_per_s
+                ),
+            ),
+            (
+                "latency floor: broker alone, produce → consume".into(),
+                format!(
+                    "p50 {:.1} ms, p99 {:.1} ms",
+                    self.broker_floor_p50_ms, self.broker_floor_p99_ms
+                ),
+            ),
+            (
+                "worker RSS".into(),
+                format!(
+                    "peak {:.0} MB, after throughput {:.0} MB, end of run (second worker) {:.0} MB",
+                    self.worker_peak_rss_mb,
+                    self.worker_rss_after_throughput_mb,
+                    self.worker_rss_end_mb
+                ),
+            ),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_and_short_topic_names() {
+        assert_eq!(percentile(&[], 0.5), 0.0);
+        assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 0.5), 3.0);
+        assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 1.0), 4.0);
+        assert_eq!(short_topic("bench-0123abcd-checkouts"), "checkouts");
+        assert_eq!(short_topic("checkouts"), "checkouts");
+    }
+}

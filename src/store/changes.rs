@@ -1,0 +1,72 @@
+//! Everything one batch writes, as one value, and the one function that
+//! writes it: a fixed number of set-based statements whatever the batch's
+//! size, in an order that satisfies the foreign keys. The batch applier
+//! (`workers::batch`) fills it and calls [`Changes::write`] inside the
+//! batch's transaction.
+
+use anyhow::Context;
+use sqlx::PgConnection;
+
+use super::inbox::{self, InboxRow};
+use super::lifecycle::{self, NewPayment, Refund};
+use super::orders::{self, NewOrder, StatusUpdate, Transition};
+use super::outbox::{self, NewRecord};
+use super::parked::{self, Parking};
+
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// New orders, each in its state at the end of the batch.
+    pub orders: Vec<NewOrder>,
+    /// Status-history rows in the order they happened (creations included).
+    pub history: Vec<Transition>,
+    /// Existing orders whose status changed, each once, in its final state.
+    pub statuses: Vec<StatusUpdate>,
+    pub payments: Vec<NewPayment>,
+    pub refunds: Vec<Refund>,
+    pub parked: Vec<Parking>,
+    /// `seq`s of parked events applied by this batch.
+    pub unparked: Vec<i64>,
+    /// Inbox rows of the batch's new events, with their outcomes.
+    pub inbox: Vec<InboxRow>,
+    /// Outcomes of events recorded earlier (parked ones now applied).
+    pub outcomes: Vec<InboxRow>,
+    /// Order events and dead letters, in publication order.
+    pub outbox: Vec<NewRecord>,
+}
+
+impl Changes {
+    /// Writes everything in the caller's transaction.
+    pub async fn write(&self, conn: &mut PgConnection) -> anyhow::Result<()> {
+        orders::insert_many(conn, &self.orders)
+            .await
+            .context("failed to insert orders")?;
+        orders::append_history(conn, &self.history)
+            .await
+            .context("failed to append status history")?;
+        lifecycle::record_payments(conn, &self.payments)
+            .await
+            .context("failed to record payments")?;
+        lifecycle::request_refunds(conn, &self.refunds)
+            .await
+            .context("failed to record refunds")?;
+        orders::set_statuses(conn, &self.statuses)
+            .await
+            .context("failed to update orders")?;
+        parked::park_many(conn, &self.parked)
+            .await
+            .context("failed to park events")?;
+        parked::remove(conn, &self.unparked)
+            .await
+            .context("failed to remove applied parked events")?;
+        inbox::record(conn, &self.inbox)
+            .await
+            .context("failed to record events in the inbox")?;
+        inbox::update_outcomes(conn, &self.outcomes)
+            .await
+            .context("failed to record outcomes of parked events")?;
+        outbox::enqueue_many(conn, &self.outbox)
+            .await
+            .context("failed to enqueue outbox records")?;
+        Ok(())
+    }
+}

@@ -1,0 +1,154 @@
+//! The Kafka side of a consumer loop: the consumer's callbacks (lag from
+//! statistics, offsets committed and partitions recorded on revoke) and the
+//! [`Intake`], which hands the loop messages, revocations and errors in the
+//! order librdkafka served them.
+
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+
+use futures::{FutureExt, StreamExt};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, MessageStream, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::ClientContext;
+use tracing::{info, warn};
+
+use super::RawMessage;
+use crate::telemetry::Metrics;
+
+/// librdkafka callbacks: lag from statistics, offsets committed on revoke.
+pub(super) struct LoopContext {
+    topic: String,
+    metrics: Arc<Metrics>,
+    /// Partitions revoked since the intake last looked.
+    revoked: Mutex<Vec<i32>>,
+}
+
+impl LoopContext {
+    pub(super) fn new(topic: &str, metrics: Arc<Metrics>) -> Self {
+        LoopContext {
+            topic: topic.to_owned(),
+            metrics,
+            revoked: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl ClientContext for LoopContext {
+    fn stats(&self, stats: Statistics) {
+        if let Some(topic) = stats.topics.get(&self.topic) {
+            for (partition, p) in &topic.partitions {
+                // -1 is librdkafka's internal "unassigned" partition; a lag of
+                // -1 means "not known yet" (nothing fetched or committed).
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    self.metrics
+                        .set_consumer_lag(&self.topic, *partition, p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LoopContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            // Every stored offset belongs to committed work (offsets are
+            // stored only after a commit), so commit them before the
+            // partitions move. A batch still in flight commits or not; either
+            // way the next owner re-reads it and the inbox skips what landed.
+            commit_stored(consumer, &self.topic, "on revoke");
+            let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            for p in &partitions {
+                self.metrics.forget_partition(&self.topic, *p);
+            }
+            info!(topic = %self.topic, ?partitions, "partitions revoked");
+            self.revoked
+                .lock()
+                .expect("revoked list lock")
+                .extend(partitions);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            info!(topic = %self.topic, ?partitions, "partitions assigned");
+        }
+    }
+}
+
+pub(super) fn commit_stored<C: Consumer<LoopContext>>(consumer: &C, topic: &str, when: &str) {
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => {}
+        Err(e) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::NoOffset) => {}
+        Err(e) => warn!(topic, error = %e, "failed to commit offsets {when}"),
+    }
+}
+
+/// What the consumer hands the loop, in the order it happened.
+pub(super) enum Received {
+    Message(RawMessage),
+    Revoked(Vec<i32>),
+    Error(KafkaError),
+}
+
+/// The consumer's stream, with revocations (recorded by the rebalance
+/// callback during a poll) delivered before whatever that poll returned.
+pub(super) struct Intake<'c> {
+    consumer: &'c StreamConsumer<LoopContext>,
+    stream: MessageStream<'c, LoopContext>,
+    /// A message that came with a revocation, handed out right after it.
+    stashed: Option<Received>,
+}
+
+impl<'c> Intake<'c> {
+    pub(super) fn new(consumer: &'c StreamConsumer<LoopContext>) -> Self {
+        Intake {
+            consumer,
+            stream: consumer.stream(),
+            stashed: None,
+        }
+    }
+
+    fn poll_next(&mut self, cx: &mut TaskContext<'_>) -> Poll<Received> {
+        if let Some(stashed) = self.stashed.take() {
+            return Poll::Ready(stashed);
+        }
+        let polled = match self.stream.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(msg))) => Some(Received::Message(RawMessage {
+                partition: msg.partition(),
+                offset: msg.offset(),
+                key: msg.key().map(<[u8]>::to_vec),
+                payload: msg.payload().map(<[u8]>::to_vec),
+            })),
+            Poll::Ready(Some(Err(e))) => Some(Received::Error(e)),
+            Poll::Ready(None) => unreachable!("Kafka message streams never end"),
+            Poll::Pending => None,
+        };
+        let revoked = std::mem::take(
+            &mut *self
+                .consumer
+                .context()
+                .revoked
+                .lock()
+                .expect("revoked list lock"),
+        );
+        if !revoked.is_empty() {
+            self.stashed = polled;
+            return Poll::Ready(Received::Revoked(revoked));
+        }
+        polled.map_or(Poll::Pending, Poll::Ready)
+    }
+
+    pub(super) async fn next(&mut self) -> Received {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// What is already there, without waiting.
+    pub(super) fn ready(&mut self) -> Option<Received> {
+        self.next().now_or_never()
+    }
+}
