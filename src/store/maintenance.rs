@@ -28,6 +28,18 @@ pub async fn orders_by_status(pool: &PgPool) -> sqlx::Result<Vec<(String, i64)>>
         .await
 }
 
+/// Refreshes the planner's statistics of the tables the workers write. Where
+/// nothing else does (autovacuum off, no housekeeping running), a table that
+/// grew from empty keeps the statistics of an empty table, and lookups by
+/// `= ANY($1)` turn into sequential scans.
+pub async fn analyze(conn: &mut PgConnection) -> anyhow::Result<()> {
+    sqlx::query(&format!("ANALYZE {WRITTEN_TABLES}"))
+        .execute(conn)
+        .await
+        .context("ANALYZE failed")?;
+    Ok(())
+}
+
 /// What autovacuum would do for the tables the workers write, paced as it
 /// paces itself (a cost-based delay), so the pass does not starve the
 /// batches running alongside: unpaced, it put a latency spike into every
