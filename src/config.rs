@@ -111,6 +111,27 @@ pub struct Settings {
     pub parked_max_age: Duration,
     /// Confluent-compatible schema registry; enables Avro in and out.
     pub schema_registry_url: Option<String>,
+    /// Names this process among the instances (relay lease owner, group
+    /// member); unique per process unless `INSTANCE_ID` says otherwise.
+    pub instance_id: String,
+    /// How long a relay lease lasts without renewal: a leader that froze or
+    /// lost the database is replaced after at most this long.
+    pub relay_lease: Duration,
+    /// Partitions of a loop's topic owned by no live member for this long
+    /// make one member rejoin its group (a rebalance); `None` (0) disables.
+    pub group_repair_after: Option<Duration>,
+}
+
+/// `<host>-<pid>-<4 hex digits>`: unique per process, readable in logs.
+fn default_instance_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "orderflow".to_owned());
+    let salt = uuid::Uuid::new_v4().as_u128() as u16;
+    format!("{host}-{}-{salt:04x}", std::process::id())
 }
 
 impl std::fmt::Debug for Settings {
@@ -147,6 +168,9 @@ impl std::fmt::Debug for Settings {
                 "schema_registry_url",
                 &self.schema_registry_url.as_deref().map(redact_url),
             )
+            .field("instance_id", &self.instance_id)
+            .field("relay_lease", &self.relay_lease)
+            .field("group_repair_after", &self.group_repair_after)
             .finish()
     }
 }
@@ -246,6 +270,14 @@ impl Settings {
             shutdown_timeout: Duration::from_secs(parse(&lookup, "SHUTDOWN_TIMEOUT_SECS", 30)?),
             parked_max_age: Duration::from_secs(parse(&lookup, "PARKED_MAX_AGE_SECS", 3600)?),
             schema_registry_url: lookup("SCHEMA_REGISTRY_URL").filter(|u| !u.trim().is_empty()),
+            instance_id: lookup("INSTANCE_ID")
+                .filter(|id| !id.trim().is_empty())
+                .unwrap_or_else(default_instance_id),
+            relay_lease: Duration::from_secs(parse(&lookup, "RELAY_LEASE_SECS", 10)?),
+            group_repair_after: match parse(&lookup, "GROUP_REPAIR_AFTER_SECS", 60)? {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
         };
         settings.check()?;
         Ok(settings)
@@ -275,6 +307,13 @@ impl Settings {
                 "DEFAULT_TAX_RATE_PPM",
                 self.default_tax_rate_ppm.to_string(),
                 "must be between 0 and 1000000",
+            ));
+        }
+        if self.relay_lease < Duration::from_secs(2) {
+            return Err(bad(
+                "RELAY_LEASE_SECS",
+                self.relay_lease.as_secs().to_string(),
+                "must be at least 2",
             ));
         }
         if self.outbox_batch_size < 1 {

@@ -53,6 +53,11 @@ fn end_to_end_buckets() -> Vec<f64> {
 
 /// The consumer loops.
 struct ConsumerMetrics {
+    assigned_partitions: IntGaugeVec,
+    rebalances: IntCounterVec,
+    group_unowned: IntGaugeVec,
+    group_lag: IntGaugeVec,
+    group_rejoins: IntCounterVec,
     messages: IntCounterVec,
     batch_duration: HistogramVec,
     batch_size: HistogramVec,
@@ -99,6 +104,31 @@ impl ConsumerMetrics {
                 "Messages behind the high watermark, from librdkafka statistics",
                 &["topic", "partition"],
             ),
+            assigned_partitions: r.gauges(
+                "consumer_assigned_partitions",
+                "Partitions of a topic assigned to this instance's loop",
+                &["topic"],
+            ),
+            rebalances: r.counters(
+                "rebalances_total",
+                "Partition assignments and revocations seen by a loop",
+                &["topic", "kind"],
+            ),
+            group_unowned: r.gauges(
+                "group_unowned_partitions",
+                "Partitions of a group's topic that no live member reports owning",
+                &["group", "topic"],
+            ),
+            group_lag: r.gauges(
+                "group_lag_messages",
+                "A group's lag summed over every partition of its topic, from its committed offsets",
+                &["group", "topic"],
+            ),
+            group_rejoins: r.counters(
+                "group_rejoins_total",
+                "Times this instance rejoined a group to repair unowned partitions",
+                &["group"],
+            ),
             consumer_up: r.gauges(
                 "consumer_up",
                 "1 while the consumer loop of a topic runs",
@@ -111,6 +141,7 @@ impl ConsumerMetrics {
 /// The outbox relay.
 struct OutboxMetrics {
     outbox_backlog: IntGauge,
+    relay_leader: IntGauge,
     outbox_published: IntCounterVec,
     outbox_publish_latency: Histogram,
     outbox_publish_failures: IntCounter,
@@ -121,6 +152,10 @@ impl OutboxMetrics {
     fn new(r: &Registrar) -> Self {
         OutboxMetrics {
             outbox_backlog: r.gauge("outbox_backlog", "Outbox records not yet published"),
+            relay_leader: r.gauge(
+                "relay_leader",
+                "1 while this instance holds the relay lease and publishes the outbox",
+            ),
             outbox_published: r.counters(
                 "outbox_published_total",
                 "Outbox records published, by destination topic",
@@ -409,6 +444,37 @@ impl Metrics {
             .remove_label_values(&[topic, &partition.to_string()]);
     }
 
+    /// A loop's assignment changed: `kind` is `assign` or `revoke`.
+    pub fn rebalanced(&self, topic: &str, kind: &str, assigned: usize) {
+        self.consumer
+            .rebalances
+            .with_label_values(&[topic, kind])
+            .inc();
+        self.consumer
+            .assigned_partitions
+            .with_label_values(&[topic])
+            .set(assigned as i64);
+    }
+
+    /// Ownership and lag of a group as the membership watch measured them.
+    pub fn set_group_state(&self, group: &str, topic: &str, unowned: i64, lag: i64) {
+        self.consumer
+            .group_unowned
+            .with_label_values(&[group, topic])
+            .set(unowned);
+        self.consumer
+            .group_lag
+            .with_label_values(&[group, topic])
+            .set(lag);
+    }
+
+    pub fn group_rejoined(&self, group: &str) {
+        self.consumer
+            .group_rejoins
+            .with_label_values(&[group])
+            .inc();
+    }
+
     pub fn set_consumer_up(&self, topic: &str, up: bool) {
         self.consumer
             .consumer_up
@@ -418,6 +484,10 @@ impl Metrics {
 
     pub fn consumer_is_up(&self, topic: &str) -> bool {
         self.consumer.consumer_up.with_label_values(&[topic]).get() > 0
+    }
+
+    pub fn set_relay_leader(&self, leader: bool) {
+        self.outbox.relay_leader.set(i64::from(leader));
     }
 
     pub fn set_outbox_backlog(&self, rows: i64) {

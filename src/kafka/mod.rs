@@ -51,6 +51,18 @@ pub fn consumer_config(settings: &Settings, group_id: &str) -> ClientConfig {
     config
 }
 
+/// A consumer of `group_id` that is never subscribed, so never joins the
+/// group: it reads metadata, the group's committed offsets and watermarks.
+pub fn observer_config(settings: &Settings, group_id: &str) -> ClientConfig {
+    let mut config = client(settings);
+    config
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
+    apply_extra(&mut config, settings, &settings.kafka_consumer_extra);
+    config
+}
+
 /// Idempotent producer: retries cannot duplicate or reorder records within a
 /// partition. `murmur2_random` puts a key where Java producers put it.
 pub fn producer_config(settings: &Settings) -> ClientConfig {

@@ -6,8 +6,10 @@
 
 pub mod changes;
 pub mod inbox;
+pub mod leases;
 pub mod lifecycle;
 pub mod maintenance;
+pub mod members;
 pub mod orders;
 pub mod outbox;
 pub mod parked;

@@ -11,10 +11,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
+use super::leases::Lease;
 use crate::events::{DeadLetter, OrderEvent};
-
-/// Advisory-lock key of the relay leader ("orderflo" in ASCII).
-const LEADER_LOCK: i64 = 0x6f72_6465_7266_6c6f;
 
 /// A record to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,15 +114,6 @@ impl PendingRecord {
     }
 }
 
-/// Tries to become the relay leader on this session; the lock is held until
-/// the session ends (the connection closes or dies).
-pub async fn try_lead(conn: &mut PgConnection) -> sqlx::Result<bool> {
-    sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(LEADER_LOCK)
-        .fetch_one(conn)
-        .await
-}
-
 /// The oldest unpublished records, in id order.
 pub async fn pending(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<PendingRecord>> {
     sqlx::query_as(
@@ -136,12 +125,27 @@ pub async fn pending(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<Pe
     .await
 }
 
-pub async fn mark_sent(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<()> {
-    sqlx::query("UPDATE outbox SET sent_at = clock_timestamp() WHERE id = ANY($1)")
-        .bind(ids)
-        .execute(conn)
-        .await?;
-    Ok(())
+/// Marks rows published, if `lease` is still held (owner, epoch, not
+/// expired) at the moment of the update; returns whether it was. A leader
+/// that lost its lease (it froze, the network dropped it) marks nothing:
+/// its rows are published again by the new leader, identically.
+pub async fn mark_sent(conn: &mut PgConnection, ids: &[i64], lease: &Lease) -> sqlx::Result<bool> {
+    let held: bool = sqlx::query_scalar(
+        "WITH held AS (
+             SELECT 1 FROM relay_leases
+             WHERE shard = $2 AND owner = $3 AND epoch = $4 AND expires_at > clock_timestamp()),
+         marked AS (
+             UPDATE outbox SET sent_at = clock_timestamp()
+             WHERE id = ANY($1) AND EXISTS (SELECT 1 FROM held))
+         SELECT EXISTS (SELECT 1 FROM held)",
+    )
+    .bind(ids)
+    .bind(lease.shard)
+    .bind(&lease.owner)
+    .bind(lease.epoch)
+    .fetch_one(conn)
+    .await?;
+    Ok(held)
 }
 
 pub async fn backlog(pool: &PgPool) -> sqlx::Result<i64> {

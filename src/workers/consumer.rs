@@ -38,7 +38,7 @@
 //! isolates the offending message by retrying the batch message by message,
 //! and dead-letters that one.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,6 +58,7 @@ use super::backoff::Backoff;
 use super::batch::{is_transient, Applier, BatchReport, RawMessage};
 use super::buffers::Buffers;
 use super::intake::{commit_stored, Intake, LoopContext, Received};
+use super::membership::Membership;
 use super::Handler;
 use crate::config::Settings;
 use crate::store::inbox::Outcome;
@@ -170,6 +171,22 @@ impl<'a> LoopState<'a> {
         }
     }
 
+    /// Leaves the group and joins it again, which makes the coordinator
+    /// rebalance (see `membership`). The revocation arrives through the
+    /// intake like any other.
+    fn rejoin(&mut self, consumer: &StreamConsumer<LoopContext>, metrics: &Metrics) {
+        consumer.unsubscribe();
+        self.paused = None;
+        match consumer.subscribe(&[self.topic]) {
+            Ok(()) => {
+                let group = consumer.context().group();
+                metrics.group_rejoined(group);
+                info!(topic = self.topic, group, "rejoined the consumer group");
+            }
+            Err(e) => error!(topic = self.topic, error = %e, "failed to subscribe again"),
+        }
+    }
+
     /// Holds the assignment (paused, still polled, so the member stays in the
     /// group) while a batch is retrying, or while the buffers have been full
     /// for a while (batches stuck): a loop that stopped polling would be
@@ -196,7 +213,7 @@ pub async fn run<H: Handler>(
 ) -> anyhow::Result<()> {
     let topic = applier.topic().to_owned();
     let group = deps.settings.group_for(&topic);
-    let context = LoopContext::new(&topic, deps.metrics.clone());
+    let context = LoopContext::new(&topic, &group, deps.metrics.clone());
     let consumer: StreamConsumer<LoopContext> =
         crate::kafka::consumer_config(&deps.settings, &group)
             .create_with_context(context)
@@ -206,13 +223,25 @@ pub async fn run<H: Handler>(
         .with_context(|| format!("failed to subscribe to {topic}"))?;
     deps.metrics.set_consumer_up(&topic, true);
     info!(%topic, %group, "consumer loop started");
+    let rejoin = Arc::new(AtomicBool::new(false));
+    let membership = Membership {
+        pool: deps.pool.clone(),
+        settings: deps.settings.clone(),
+        metrics: deps.metrics.clone(),
+        topic: topic.clone(),
+        group: group.clone(),
+        assignment: consumer.context().assignment(),
+        rejoin: rejoin.clone(),
+    };
+    let watching = tokio::spawn(membership.run(shutdown.clone()));
     let processor = BatchProcessor {
         deps: &deps,
         applier: &applier,
         retrying: AtomicUsize::new(0),
     };
-    consume(&consumer, &processor, &shutdown).await;
+    consume(&consumer, &processor, &shutdown, &rejoin).await;
     commit_stored(&consumer, &topic, "at shutdown");
+    let _ = watching.await;
     deps.metrics.set_consumer_up(&topic, false);
     // Closing leaves the group; librdkafka blocks while it does, for long if
     // the broker is gone, so keep that off the async workers.
@@ -228,6 +257,7 @@ async fn consume<'a, H: Handler>(
     consumer: &'a StreamConsumer<LoopContext>,
     processor: &'a BatchProcessor<'a, H>,
     shutdown: &'a CancellationToken,
+    rejoin: &AtomicBool,
 ) {
     let mut state = LoopState::new(processor.applier.topic(), &processor.deps.settings);
     let mut intake = Intake::new(consumer);
@@ -236,6 +266,9 @@ async fn consume<'a, H: Handler>(
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
+        if rejoin.swap(false, Ordering::SeqCst) {
+            state.rejoin(consumer, &processor.deps.metrics);
+        }
         state.start_due(processor, shutdown, false);
         state.hold_if_stuck(consumer, processor.retrying.load(Ordering::Relaxed) > 0);
         let deadline = state.linger_deadline();

@@ -14,6 +14,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::RawMessage;
@@ -22,18 +23,32 @@ use crate::telemetry::Metrics;
 /// librdkafka callbacks: lag from statistics, offsets committed on revoke.
 pub(super) struct LoopContext {
     topic: String,
+    group: String,
     metrics: Arc<Metrics>,
     /// Partitions revoked since the intake last looked.
     revoked: Mutex<Vec<i32>>,
+    /// The current assignment, for the membership watch.
+    assignment: watch::Sender<Vec<i32>>,
 }
 
 impl LoopContext {
-    pub(super) fn new(topic: &str, metrics: Arc<Metrics>) -> Self {
+    pub(super) fn new(topic: &str, group: &str, metrics: Arc<Metrics>) -> Self {
         LoopContext {
             topic: topic.to_owned(),
+            group: group.to_owned(),
             metrics,
             revoked: Mutex::new(Vec::new()),
+            assignment: watch::Sender::new(Vec::new()),
         }
+    }
+
+    pub(super) fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// Follows the loop's assignment.
+    pub(super) fn assignment(&self) -> watch::Receiver<Vec<i32>> {
+        self.assignment.subscribe()
     }
 }
 
@@ -65,6 +80,9 @@ impl ConsumerContext for LoopContext {
                 self.metrics.forget_partition(&self.topic, *p);
             }
             info!(topic = %self.topic, ?partitions, "partitions revoked");
+            // Eager rebalancing: a revocation takes the whole assignment.
+            self.assignment.send_replace(Vec::new());
+            self.metrics.rebalanced(&self.topic, "revoke", 0);
             self.revoked
                 .lock()
                 .expect("revoked list lock")
@@ -76,6 +94,9 @@ impl ConsumerContext for LoopContext {
         if let Rebalance::Assign(tpl) = rebalance {
             let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
             info!(topic = %self.topic, ?partitions, "partitions assigned");
+            self.metrics
+                .rebalanced(&self.topic, "assign", partitions.len());
+            self.assignment.send_replace(partitions);
         }
     }
 }

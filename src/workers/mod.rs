@@ -18,6 +18,7 @@ pub mod consumer;
 pub mod housekeeping;
 mod intake;
 pub mod lifecycle;
+mod membership;
 pub mod plan;
 pub mod relay;
 

@@ -1,15 +1,25 @@
 //! The outbox relay: publishes committed outbox rows to Kafka, in id order,
 //! then marks them sent; purges sent rows after `OUTBOX_RETENTION_SECS`.
 //!
-//! Exactly one relay publishes per database at a time: each instance tries to
-//! take a PostgreSQL advisory lock on its own connection and stands by while
-//! another holds it. One publisher is what keeps an order's events in the
-//! order they were committed, across instances and restarts.
+//! Exactly one relay publishes per database at a time, the holder of a lease
+//! (`store::leases`, `RELAY_LEASE_SECS`); the other instances stand by and
+//! take it over once it expires. One publisher is what keeps an order's
+//! events in the order they were committed, across instances and restarts.
+//!
+//! Fencing: the leader renews its lease long before it expires and checks it
+//! before every round; marking rows sent requires the lease (owner, epoch,
+//! unexpired) in the same statement. A leader that froze (SIGSTOP, a long GC
+//! pause, a partition from the database) and woke after its lease passed on
+//! marks nothing and steps down. What it may still deliver is what librdkafka
+//! held for it when it froze: rows the new leader publishes too, identical
+//! and in the same order, so consumers that dedupe by `event_id` see each
+//! order's events once and in order. A PostgreSQL session held open by a
+//! frozen process no longer blocks anyone, as the advisory lock used to.
 //!
 //! Delivery on `order-events` is at-least-once: a crash between publishing
 //! and marking sent republishes the tail of a batch, in the same order.
-//! Consumers dedupe by `event_id`. Records are enqueued in id order and
-//! only the prefix up to the first failed delivery is marked sent.
+//! Records are enqueued in id order and only the prefix up to the first
+//! failed delivery is marked sent.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,10 +37,14 @@ use tracing::{info, warn, Instrument};
 
 use super::backoff::Backoff;
 use crate::config::Settings;
+use crate::store::leases::{self, Lease};
 use crate::store::outbox::{self, PendingRecord};
 use crate::telemetry::Metrics;
 
 const PURGE_EVERY: Duration = Duration::from_secs(60);
+
+/// The outbox is one shard today (scale-out will split it).
+const SHARD: i32 = 0;
 const BACKLOG_EVERY: Duration = Duration::from_secs(2);
 
 /// Retries after a failed round (database or broker trouble): 200 ms doubling
@@ -68,35 +82,44 @@ impl Relay {
         Ok(())
     }
 
-    /// Takes the leader lock (or waits for it), then publishes until
-    /// shutdown or an error.
+    /// Takes the lease (or waits for it), then publishes until shutdown,
+    /// an error, or the lease is lost.
     async fn lead(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let mut conn = PgConnection::connect(&self.settings.database_url)
             .await
             .context("failed to connect the relay to PostgreSQL")?;
-        loop {
-            let leader = outbox::try_lead(&mut conn)
+        let ttl = self.settings.relay_lease;
+        let lease = loop {
+            let taken = leases::try_take(&mut conn, SHARD, &self.settings.instance_id, ttl)
                 .await
-                .context("failed to try the relay leader lock")?;
-            if leader {
-                break;
+                .context("failed to try the relay lease")?;
+            if let Some(lease) = taken {
+                break lease;
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(self.settings.outbox_poll_interval * 5) => {}
             }
-        }
-        info!("outbox relay is the leader");
+        };
+        info!(epoch = lease.epoch, "outbox relay is the leader");
+        self.metrics.set_relay_leader(true);
         let producer: FutureProducer = crate::kafka::producer_config(&self.settings)
             .create()
             .context("failed to create Kafka producer")?;
-        let result = self.publish_loop(&mut conn, &producer, shutdown).await;
+        let result = self
+            .publish_loop(&mut conn, &producer, &lease, shutdown)
+            .await;
         // No longer the leader: another instance reports the backlog now.
+        self.metrics.set_relay_leader(false);
         self.metrics.set_outbox_backlog(0);
         // Whatever librdkafka still holds was never marked sent; it will be
         // published again by the next leader, so a short flush is enough.
         let _ = producer.flush(Timeout::After(Duration::from_secs(5)));
-        let _ = conn.close().await; // closing the session releases the lock
+        if shutdown.is_cancelled() {
+            // Hand over at once rather than after the lease runs out.
+            let _ = leases::release(&self.pool, &lease).await;
+        }
+        let _ = conn.close().await;
         result
     }
 
@@ -104,16 +127,31 @@ impl Relay {
         &self,
         conn: &mut PgConnection,
         producer: &FutureProducer,
+        lease: &Lease,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
         let mut last_purge = Instant::now();
         let mut last_backlog = Instant::now() - BACKLOG_EVERY;
+        let mut renewed = Instant::now();
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
             if let Some(fatal) = producer.client().fatal_error() {
                 anyhow::bail!("Kafka producer hit a fatal error: {fatal:?}");
+            }
+            // Renew at a third of the lease, so two failed renewals still
+            // leave time; a process that froze past that renews (or finds
+            // the lease gone) before it publishes anything.
+            if renewed.elapsed() >= self.settings.relay_lease / 3 {
+                if !leases::renew(conn, lease, self.settings.relay_lease)
+                    .await
+                    .context("failed to renew the relay lease")?
+                {
+                    warn!(epoch = lease.epoch, "lost the relay lease; standing by");
+                    return Ok(());
+                }
+                renewed = Instant::now();
             }
             if last_backlog.elapsed() >= BACKLOG_EVERY {
                 let backlog = outbox::backlog(&self.pool)
@@ -143,23 +181,34 @@ impl Relay {
             }
             let span = tracing::info_span!(
                 "relay_round",
+                epoch = lease.epoch,
                 rows = rows.len(),
                 first_id = rows[0].id,
                 last_id = rows[rows.len() - 1].id
             );
-            self.publish_round(conn, producer, rows)
+            if !self
+                .publish_round(conn, producer, lease, rows)
                 .instrument(span)
-                .await?;
+                .await?
+            {
+                warn!(
+                    epoch = lease.epoch,
+                    "the relay lease passed on while publishing; standing by"
+                );
+                return Ok(());
+            }
         }
     }
 
     /// Publishes `rows` in id order and marks the delivered prefix sent.
+    /// Returns `false` when the lease was lost (nothing marked).
     async fn publish_round(
         &self,
         conn: &mut PgConnection,
         producer: &FutureProducer,
+        lease: &Lease,
         mut rows: Vec<PendingRecord>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
         if self.codec.avro_enabled() {
             for row in rows.iter_mut().filter(|r| r.is_order_event()) {
                 row.payload = self
@@ -171,9 +220,12 @@ impl Relay {
         let (sent, failure) = publish_in_order(producer, &rows).await;
         if !sent.is_empty() {
             let ids: Vec<i64> = sent.iter().map(|r| r.id).collect();
-            outbox::mark_sent(conn, &ids)
+            let held = outbox::mark_sent(conn, &ids, lease)
                 .await
                 .context("failed to mark outbox rows sent")?;
+            if !held {
+                return Ok(false);
+            }
             let now = Utc::now();
             for row in sent {
                 self.metrics.outbox_published(
@@ -184,7 +236,7 @@ impl Relay {
         }
         match failure {
             Some(e) => Err(e),
-            None => Ok(()),
+            None => Ok(true),
         }
     }
 }
