@@ -78,6 +78,10 @@ start_broker() {
     --advertised-listener-url "tcp://$host:$port" \
     --storage-engine "$storage" >"$LOCAL/tansu.log" 2>&1 &
   STARTED_PIDS+=("$!")
+  # On Tansu, orderflow's consumers get a 10 s session unless told otherwise:
+  # its group coordinator can leave partitions owned by a member that died,
+  # and a short session makes that rare (docs/tansu.md).
+  export KAFKA_CONSUMER_CONFIG="${KAFKA_CONSUMER_CONFIG:-session.timeout.ms=10000,heartbeat.interval.ms=2000}"
   for _ in $(seq 1 100); do
     port_open "$host" "$port" && return
     kill -0 "$!" 2>/dev/null || die "Tansu exited at start; see $LOCAL/tansu.log"

@@ -4,6 +4,8 @@
 # Extra arguments go to `cargo test` (e.g. ./scripts/test.sh checkout).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
+# Decided from their running times on a 2-core machine (README "Reliability").
+FAULTS_CI="kill rebalance relay-kill relay-freeze consumer-freeze poison duplicate-storm"
 trap cleanup EXIT
 cd "$ROOT"
 
@@ -12,8 +14,17 @@ start_broker "memory://tansu/"
 
 # Databases of earlier runs that were interrupted before they could drop theirs.
 psql -d "${DATABASE_URL%/*}/postgres" -Atqc \
-  "SELECT datname FROM pg_database WHERE datname LIKE 'orderflow\_test\_%'" 2>/dev/null |
+  "SELECT datname FROM pg_database WHERE datname LIKE 'orderflow\_test\_%' OR datname LIKE 'orderflow\_faults\_%'" 2>/dev/null |
   while read -r db; do psql -d "${DATABASE_URL%/*}/postgres" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true; done
 
 say "running the tests"
 cargo test --locked "$@"
+
+# The fault scenarios that fit CI's time, at a small scale (README
+# "Reliability"; ./scripts/faults.sh runs all of them at 100,000 events).
+# Each starts a broker of its own. Skipped when a test filter was given.
+if [ "$#" -eq 0 ]; then
+  say "running the CI subset of the fault scenarios"
+  cargo build --locked -p orderflow -p orderflow-faults
+  ./target/debug/orderflow-faults --quick --events "${FAULTS_EVENTS:-3000}" $FAULTS_CI
+fi

@@ -455,4 +455,81 @@ mod tests {
             assert!(decide_cancellation(&order(status), &cancel()).is_ignored());
         }
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn any_status() -> impl Strategy<Value = OrderStatus> {
+            proptest::sample::select(OrderStatus::ALL.to_vec())
+        }
+
+        fn any_order() -> impl Strategy<Value = OrderFacts> {
+            (
+                any_status(),
+                proptest::option::of(0i64..100_000),
+                prop_oneof![Just("USD"), Just("EUR")],
+                proptest::option::of(0i64..100_000),
+            )
+                .prop_map(|(status, total, currency, paid)| OrderFacts {
+                    status,
+                    total: total.map(Money::from_minor),
+                    currency: currency.into(),
+                    paid_by: paid.map(|a| ("pay-0".to_owned(), Money::from_minor(a))),
+                })
+        }
+
+        fn any_payment() -> impl Strategy<Value = Payment> {
+            (
+                prop_oneof![Just(PaymentStatus::Confirmed), Just(PaymentStatus::Failed)],
+                0i64..100_000,
+                prop_oneof![Just("USD"), Just("EUR")],
+            )
+                .prop_map(|(status, amount, currency)| Payment {
+                    payment_id: "pay-1".into(),
+                    status,
+                    amount: Money::from_minor(amount),
+                    currency: currency.into(),
+                    failure_reason: None,
+                })
+        }
+
+        proptest! {
+            /// Confirmed money is either kept (the order becomes PAID) or
+            /// refunded in full; failed payments never move money.
+            #[test]
+            fn confirmed_money_is_kept_or_refunded_in_full(order in any_order(), p in any_payment()) {
+                let d = decide_payment(&order, &p);
+                let refunded: Vec<Money> = d.effects.iter().filter_map(|e| match e {
+                    Effect::RefundRequested { payment_id, amount, .. } if payment_id == &p.payment_id => Some(*amount),
+                    _ => None,
+                }).collect();
+                let paid = d.effects.iter().any(|e| matches!(e, Effect::Paid { .. }));
+                match p.status {
+                    PaymentStatus::Failed => prop_assert!(refunded.is_empty() && !paid),
+                    PaymentStatus::Confirmed => {
+                        prop_assert!(paid != (refunded.len() == 1), "kept xor refunded: {:?}", d);
+                        prop_assert!(refunded.iter().all(|a| *a == p.amount));
+                        if paid { prop_assert_eq!(d.new_status, Some(OrderStatus::Paid)); }
+                    }
+                }
+            }
+
+            /// A cancellation never requests more than the order's payer paid,
+            /// and a cancelled, rejected or refunding order stays as it is.
+            #[test]
+            fn cancelling_refunds_at_most_what_was_paid(order in any_order()) {
+                let d = decide_cancellation(&order, &Cancellation { reason: "r".into(), requested_by: RequestedBy::System });
+                for e in &d.effects {
+                    if let Effect::RefundRequested { amount, .. } = e {
+                        prop_assert_eq!(order.status, OrderStatus::Paid);
+                        prop_assert_eq!(Some(*amount), order.paid_by.as_ref().map(|(_, a)| *a));
+                    }
+                }
+                if matches!(order.status, OrderStatus::Cancelled | OrderStatus::Rejected | OrderStatus::RefundRequested) {
+                    prop_assert!(d.is_ignored());
+                }
+            }
+        }
+    }
 }

@@ -311,4 +311,47 @@ mod tests {
         assert_eq!(order.subtotal, Money::ZERO);
         assert_eq!(order.tax, Money::ZERO);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn any_line() -> impl Strategy<Value = CartLine> {
+            ("[A-Z]{0,70}", ".{0,20}", any::<i32>(), any::<i64>()).prop_map(
+                |(sku, name, quantity, unit_price_minor)| CartLine {
+                    sku,
+                    name,
+                    quantity,
+                    unit_price_minor,
+                },
+            )
+        }
+
+        proptest! {
+            /// Whatever the cart, pricing answers (never panics), and an
+            /// order it prices adds up to the minor unit.
+            #[test]
+            fn any_cart_prices_or_is_rejected_and_priced_carts_add_up(
+                lines in proptest::collection::vec(any_line(), 0..20),
+                rate in 0u32..=1_000_000,
+                currency in prop_oneof![Just("USD".to_string()), Just("JPY".to_string()), Just("KWD".to_string()), "[A-Z]{3}"],
+            ) {
+                if let Ok(order) = price_cart(&currency, &lines, rate, usd_rule) {
+                    let subtotal: i128 = order.lines.iter().map(|l| i128::from(l.line_total.minor())).sum();
+                    prop_assert_eq!(subtotal, i128::from(order.subtotal.minor()));
+                    for l in &order.lines {
+                        prop_assert!(l.quantity >= 1 && l.unit_price.minor() >= 0);
+                        prop_assert_eq!(i128::from(l.line_total.minor()), i128::from(l.quantity) * i128::from(l.unit_price.minor()));
+                    }
+                    let exact = i128::from(order.subtotal.minor()) * i128::from(rate);
+                    let tax = i128::from(order.tax.minor()) * 1_000_000;
+                    prop_assert!((tax - exact).abs() * 2 <= 1_000_000, "tax rounds to the nearest minor unit");
+                    prop_assert_eq!(
+                        i128::from(order.total.minor()),
+                        i128::from(order.subtotal.minor()) + i128::from(order.tax.minor()) + i128::from(order.shipping.minor())
+                    );
+                }
+            }
+        }
+    }
 }

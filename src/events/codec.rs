@@ -250,4 +250,43 @@ mod tests {
         assert_eq!(a.occurred_at, b.occurred_at);
         assert_eq!(a.billing_address.state, "");
     }
+
+    mod properties {
+        use super::*;
+        use crate::events::{Cancellation, PaymentConfirmation};
+        use proptest::prelude::*;
+
+        fn decode_all(c: &Codec, bytes: &[u8]) {
+            for schema in [
+                &*crate::events::avro::CHECKOUT,
+                &*crate::events::avro::PAYMENT_CONFIRMATION,
+                &*crate::events::avro::CANCELLATION,
+            ] {
+                if let Ok(n) = futures::executor::block_on(c.normalize(schema, Some(bytes))) {
+                    let _ = c.decode::<CheckoutEvent>(&n);
+                    let _ = c.decode::<PaymentConfirmation>(&n);
+                    let _ = c.decode::<Cancellation>(&n);
+                }
+            }
+        }
+
+        proptest! {
+            /// Arbitrary bytes are decoded or refused, never a panic.
+            #[test]
+            fn arbitrary_bytes_never_panic_the_decoders(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+                decode_all(&Codec::new(1024), &bytes);
+            }
+
+            /// Nor do near-valid events: a valid checkout with one byte
+            /// changed or cut short.
+            #[test]
+            fn mutated_checkouts_never_panic_the_decoders(at in 0usize..600, byte in any::<u8>(), cut in any::<bool>()) {
+                let json = br#"{"event_id":"e1","order_id":"o1","cart_id":1,"user_id":2,"currency":"USD","items":[{"sku":"A","name":"a","quantity":1,"unit_price_minor":100}],"shipping_address":{"street":"s","city":"c","state":"CA","zip_code":"z","country":"US"},"billing_address":{"street":"s","city":"c","zip_code":"z","country":"US"},"payment_method":"card","occurred_at":1764000000000}"#;
+                let mut bytes = json.to_vec();
+                let at = at % bytes.len();
+                if cut { bytes.truncate(at) } else { bytes[at] = byte }
+                decode_all(&Codec::new(4096), &bytes);
+            }
+        }
+    }
 }

@@ -3,7 +3,11 @@
 //! a failing assertion), topics of its own, and `orderflow run` as a child
 //! process. Nothing here is used by the service itself.
 
+pub mod broker;
+pub mod mix;
+pub mod oracle;
 pub mod prom;
+pub mod registry;
 mod worker;
 
 use std::path::Path;

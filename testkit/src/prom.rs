@@ -52,10 +52,24 @@ impl Histogram {
         Histogram { buckets }
     }
 
+    /// The two series added up (several workers' histograms of one metric).
+    pub fn plus(&self, other: &Histogram) -> Histogram {
+        if self.buckets.is_empty() {
+            return other.clone();
+        }
+        self.zip_with(other, |c, o| c + o)
+    }
+
     /// What was observed since `earlier`.
     pub fn minus(&self, earlier: &Histogram) -> Histogram {
-        let before = |le: f64| {
-            earlier
+        self.zip_with(earlier, u64::saturating_sub)
+    }
+
+    /// Each bucket of `self` combined with the same bucket of `other` (0
+    /// where `other` lacks it).
+    fn zip_with(&self, other: &Histogram, f: impl Fn(u64, u64) -> u64) -> Histogram {
+        let count = |le: f64| {
+            other
                 .buckets
                 .iter()
                 .find(|(l, _)| *l == le)
@@ -65,7 +79,7 @@ impl Histogram {
             buckets: self
                 .buckets
                 .iter()
-                .map(|(le, c)| (*le, c.saturating_sub(before(*le))))
+                .map(|(le, c)| (*le, f(*c, count(*le))))
                 .collect(),
         }
     }

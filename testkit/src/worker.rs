@@ -29,6 +29,16 @@ impl Worker {
         settings: &Settings,
         env: &[(&str, &str)],
     ) -> anyhow::Result<Worker> {
+        Self::spawn_logging_to(binary, settings, env, Stdio::inherit()).await
+    }
+
+    /// [`Worker::spawn`], with its stderr (its log) going to `log`.
+    pub async fn spawn_logging_to(
+        binary: &Path,
+        settings: &Settings,
+        env: &[(&str, &str)],
+        log: Stdio,
+    ) -> anyhow::Result<Worker> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -42,7 +52,7 @@ impl Worker {
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("failed to start {}", binary.display()))?;
@@ -61,6 +71,7 @@ impl Worker {
             let ready = self
                 .client
                 .get(format!("{}/readyz", self.base))
+                .timeout(Duration::from_secs(2))
                 .send()
                 .await
                 .is_ok_and(|r| r.status().is_success());
@@ -74,11 +85,13 @@ impl Worker {
         }
     }
 
-    /// The worker's `/metrics` page.
+    /// The worker's `/metrics` page; an error after 2 s (a frozen worker
+    /// accepts the connection and never answers).
     pub async fn metrics_page(&self) -> anyhow::Result<String> {
         Ok(self
             .client
             .get(format!("{}/metrics", self.base))
+            .timeout(Duration::from_secs(2))
             .send()
             .await?
             .text()

@@ -16,7 +16,7 @@ use orderflow::events::CheckoutEvent;
 use orderflow::store::inbox::Outcome;
 
 use crate::helpers::{checkout, payment, TestEnv, CHECKOUT_TOTAL, WAIT};
-use crate::registry_double::RegistryDouble;
+use orderflow_testkit::registry::RegistryDouble;
 
 const CHECKOUT_AVSC: &str = include_str!("../../schemas/checkout.avsc");
 

@@ -16,7 +16,7 @@ use orderflow::events::{
 use orderflow::store::inbox::Outcome;
 use orderflow_testkit::World;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 use sqlx::PgPool;
@@ -237,20 +237,7 @@ impl TestEnv {
             let remaining = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(remaining, consumer.recv()).await {
                 Ok(Ok(m)) => {
-                    let headers = m
-                        .headers()
-                        .map(|h| {
-                            h.iter()
-                                .map(|h| {
-                                    (
-                                        h.key.to_owned(),
-                                        String::from_utf8_lossy(h.value.unwrap_or_default())
-                                            .into_owned(),
-                                    )
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
+                    let headers = orderflow_testkit::oracle::headers_of(&m);
                     records.push(Record {
                         key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                         payload: m.payload().unwrap_or_default().to_vec(),

@@ -10,5 +10,4 @@ mod http_api;
 mod lifecycle;
 mod partitions;
 mod races;
-mod registry_double;
 mod restart;

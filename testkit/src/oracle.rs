@@ -1,0 +1,383 @@
+//! The one oracle of the fault suite (and the crash test): once the system is
+//! quiet, compare everything observable with the mix's model.
+//!
+//! 1. Exactly once in effect: every order's status, payments and refunds
+//!    equal the model's.
+//! 2. No input lost: every event id produced is in the inbox; every poison
+//!    message is on its dead-letter topic with a reason; nothing is parked.
+//! 3. The outbox is fully published, no event id was published with two
+//!    contents, and no refund was announced twice.
+//! 4. Per order, the status-changing events on `order-events`, in topic order
+//!    (first occurrence of each event id), follow the status history.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use orderflow::config::Settings;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message as _};
+use rdkafka::ClientConfig;
+use sqlx::PgPool;
+
+use crate::mix::{Expected, Input, Message, Mix};
+
+/// What the oracle found.
+#[derive(Debug, Default)]
+pub struct Findings {
+    pub orders: usize,
+    pub order_events: usize,
+    pub republished: usize,
+    pub dead_letters: usize,
+    /// Each broken guarantee, with the order or event it concerns.
+    pub mismatches: Vec<String>,
+}
+
+impl Findings {
+    fn mismatch(&mut self, what: String) {
+        if self.mismatches.len() < 10_000 {
+            self.mismatches.push(what);
+        }
+    }
+}
+
+/// A record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: HashMap<String, String>,
+}
+
+/// Runs every check. `poison` are the messages that must be dead-lettered.
+pub async fn check(
+    pool: &PgPool,
+    settings: &Settings,
+    mix: &Mix,
+    poison: &[Message],
+) -> anyhow::Result<Findings> {
+    let mut findings = Findings {
+        orders: mix.model.len(),
+        ..Findings::default()
+    };
+    check_state(pool, mix, &mut findings).await?;
+    check_inbox(pool, mix, &mut findings).await?;
+    check_order_events(pool, settings, &mut findings).await?;
+    check_dead_letters(settings, poison, &mut findings).await?;
+    Ok(findings)
+}
+
+/// Statuses, payments and refunds of every order against the model.
+async fn check_state(pool: &PgPool, mix: &Mix, f: &mut Findings) -> anyhow::Result<()> {
+    let mut actual: BTreeMap<String, Expected> = BTreeMap::new();
+    let statuses: Vec<(String, String)> = sqlx::query_as("SELECT order_id, status FROM orders")
+        .fetch_all(pool)
+        .await?;
+    let status_names = [
+        "PENDING_PAYMENT",
+        "PAID",
+        "PAYMENT_FAILED",
+        "CANCELLED",
+        "REFUND_REQUESTED",
+        "REJECTED",
+    ];
+    for (order, status) in statuses {
+        let name = status_names
+            .iter()
+            .find(|s| **s == status)
+            .copied()
+            .unwrap_or("?");
+        actual.entry(order).or_default().status = name;
+    }
+    let payments: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT order_id, payment_id, status FROM payments")
+            .fetch_all(pool)
+            .await?;
+    for (order, payment, status) in payments {
+        let status = if status == "FAILED" {
+            "FAILED"
+        } else {
+            "CONFIRMED"
+        };
+        actual
+            .entry(order)
+            .or_default()
+            .payments
+            .insert((payment, status));
+    }
+    let refunds: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT order_id, payment_id, amount_minor FROM refunds")
+            .fetch_all(pool)
+            .await?;
+    for (order, payment, amount) in refunds {
+        actual
+            .entry(order)
+            .or_default()
+            .refunds
+            .insert(payment, amount);
+    }
+    for (order, want) in &mix.model {
+        match actual.remove(order) {
+            Some(got) if &got == want => {}
+            Some(got) => f.mismatch(format!("order {order}: {got:?}, expected {want:?}")),
+            None => f.mismatch(format!("order {order}: missing, expected {want:?}")),
+        }
+    }
+    for order in actual.keys() {
+        f.mismatch(format!("order {order} exists but no checkout created it"));
+    }
+    Ok(())
+}
+
+/// Every produced event id applied (in the inbox), nothing left parked, the
+/// outbox published.
+async fn check_inbox(pool: &PgPool, mix: &Mix, f: &mut Findings) -> anyhow::Result<()> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT source, event_id FROM processed_events")
+            .fetch_all(pool)
+            .await?;
+    let inbox: BTreeSet<(String, String)> = rows.into_iter().collect();
+    for (source, id) in &mix.distinct_events {
+        if !inbox.contains(&(source.to_string(), id.clone())) {
+            f.mismatch(format!("{source} event {id} is not in the inbox: lost"));
+        }
+    }
+    let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM parked_events")
+        .fetch_one(pool)
+        .await?;
+    if parked > 0 {
+        f.mismatch(format!("{parked} events are still parked"));
+    }
+    let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+        .fetch_one(pool)
+        .await?;
+    if unsent > 0 {
+        f.mismatch(format!("{unsent} outbox rows were never marked published"));
+    }
+    Ok(())
+}
+
+/// The topic's order events against the outbox, the refunds and the history.
+async fn check_order_events(
+    pool: &PgPool,
+    settings: &Settings,
+    f: &mut Findings,
+) -> anyhow::Result<()> {
+    let topic = &settings.topics.order_events;
+    let outbox: Vec<(Vec<u8>,)> = sqlx::query_as(
+        "SELECT payload FROM outbox WHERE topic = $1 AND kind = 'order_event' ORDER BY id",
+    )
+    .bind(topic)
+    .fetch_all(pool)
+    .await?;
+    let records = read_topic(settings, topic, outbox.len(), Duration::from_secs(3)).await?;
+    let decoded: Vec<(serde_json::Value, &Record)> = records
+        .iter()
+        .map(|r| Ok((order_event_json(settings, &r.payload)?, r)))
+        .collect::<anyhow::Result<_>>()?;
+    let mut first: HashMap<String, &[u8]> = HashMap::new();
+    let mut sequence: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut refund_events: BTreeMap<String, usize> = BTreeMap::new();
+    for (event, record) in &decoded {
+        let id = event["event_id"].as_str().unwrap_or_default().to_owned();
+        if let Some(earlier) = first.get(&id) {
+            f.republished += 1;
+            if *earlier != record.payload.as_slice() {
+                f.mismatch(format!("event {id} published with two contents"));
+            }
+            continue;
+        }
+        first.insert(id, &record.payload);
+        let order = event["order_id"].as_str().unwrap_or_default().to_owned();
+        match event["event_type"].as_str().unwrap_or_default() {
+            "RefundRequested" => {
+                let payment = event["payment_id"].as_str().unwrap_or_default().to_owned();
+                *refund_events.entry(payment).or_default() += 1;
+            }
+            "OrderCreated" | "OrderRejected" | "OrderPaid" | "OrderPaymentFailed"
+            | "OrderCancelled" => {
+                let status = event["status"].as_str().unwrap_or_default().to_owned();
+                sequence.entry(order).or_default().push(status);
+            }
+            _ => {}
+        }
+    }
+    f.order_events = first.len();
+    for (payload,) in &outbox {
+        let event: serde_json::Value = serde_json::from_slice(payload)?;
+        let id = event["event_id"].as_str().unwrap_or_default();
+        if !first.contains_key(id) {
+            f.mismatch(format!("outbox event {id} never reached {topic}"));
+        }
+    }
+    let refunds: Vec<(String,)> = sqlx::query_as("SELECT payment_id FROM refunds")
+        .fetch_all(pool)
+        .await?;
+    for (payment,) in &refunds {
+        match refund_events.remove(payment) {
+            Some(1) => {}
+            n => f.mismatch(format!(
+                "refund of {payment} announced {} times",
+                n.unwrap_or(0)
+            )),
+        }
+    }
+    for payment in refund_events.keys() {
+        f.mismatch(format!("refund of {payment} announced but not recorded"));
+    }
+    check_sequences(pool, &sequence, f).await
+}
+
+/// Per order, the statuses announced (first occurrences, topic order) equal
+/// the status history (id order).
+async fn check_sequences(
+    pool: &PgPool,
+    announced: &BTreeMap<String, Vec<String>>,
+    f: &mut Findings,
+) -> anyhow::Result<()> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT order_id, to_status FROM order_status_history ORDER BY id")
+            .fetch_all(pool)
+            .await?;
+    let mut history: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (order, status) in rows {
+        history.entry(order).or_default().push(status);
+    }
+    for (order, statuses) in &history {
+        let got = announced.get(order).cloned().unwrap_or_default();
+        if &got != statuses {
+            f.mismatch(format!(
+                "order {order}: announced {got:?}, history {statuses:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every poison message on its input's dead-letter topic, with a reason.
+async fn check_dead_letters(
+    settings: &Settings,
+    poison: &[Message],
+    f: &mut Findings,
+) -> anyhow::Result<()> {
+    for input in Input::ALL {
+        let expected: BTreeSet<Vec<u8>> = poison
+            .iter()
+            .filter(|m| m.input == input)
+            .filter_map(|m| m.key.clone())
+            .collect();
+        let dlq = orderflow::config::Topics::dlq(input.topic(&settings.topics));
+        let records = read_topic(settings, &dlq, expected.len(), Duration::from_secs(2)).await?;
+        f.dead_letters += records.len();
+        if expected.is_empty() {
+            // No poison was sent: nothing valid may have been dead-lettered.
+            for r in records.iter().take(5) {
+                let why = r.headers.get("error").cloned().unwrap_or_default();
+                f.mismatch(format!("an unexpected dead letter on {dlq}: {why}"));
+            }
+            continue;
+        }
+        let mut found = BTreeSet::new();
+        for r in &records {
+            if r.headers.get("error").is_none_or(|e| e.is_empty()) {
+                f.mismatch(format!("a dead letter on {dlq} has no reason"));
+            }
+            if let Some(key) = &r.key {
+                found.insert(key.clone());
+            }
+        }
+        for key in expected.difference(&found) {
+            f.mismatch(format!(
+                "poison {} never reached {dlq}",
+                String::from_utf8_lossy(key)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An order event as JSON: the payload itself, or (with a registry) the
+/// Confluent Avro frame decoded with the envelope schema.
+fn order_event_json(settings: &Settings, payload: &[u8]) -> anyhow::Result<serde_json::Value> {
+    if settings.schema_registry_url.is_none() || payload.first() != Some(&0) {
+        return serde_json::from_slice(payload).context("an order event that is not JSON");
+    }
+    let value =
+        orderflow::events::avro::read_datum(&orderflow::events::avro::ORDER_EVENT, &payload[5..])
+            .context("an order event that is not an envelope datum")?;
+    let mut json = orderflow::events::avro::to_json(value);
+    // The variant's fields (payment_id, ...) next to the envelope's.
+    let variant = json
+        .as_object()
+        .and_then(|o| o.values().find(|v| v.is_object()).cloned());
+    if let (Some(serde_json::Value::Object(fields)), Some(object)) = (variant, json.as_object_mut())
+    {
+        object.extend(fields);
+    }
+    Ok(json)
+}
+
+/// Reads `topic` from the beginning with a fresh group: at least `at_least`
+/// records (or whatever arrives within a minute), then `linger` longer.
+pub async fn read_topic(
+    settings: &Settings,
+    topic: &str,
+    at_least: usize,
+    linger: Duration,
+) -> anyhow::Result<Vec<Record>> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka_brokers)
+        .set("group.id", format!("oracle-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "50")
+        .create()
+        .context("oracle consumer")?;
+    consumer.subscribe(&[topic])?;
+    let mut records = Vec::with_capacity(at_least);
+    let mut deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = Instant::now();
+    while Instant::now() < deadline {
+        let wait = if records.len() >= at_least {
+            linger
+        } else {
+            Duration::from_secs(5)
+        };
+        match tokio::time::timeout(wait, consumer.recv()).await {
+            Ok(Ok(m)) => {
+                records.push(Record {
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers: headers_of(&m),
+                });
+                last = Instant::now();
+                if records.len() == at_least {
+                    deadline = Instant::now() + linger;
+                }
+            }
+            Ok(Err(e)) => anyhow::bail!("reading {topic}: {e}"),
+            Err(_) if records.len() >= at_least || last.elapsed() > Duration::from_secs(30) => {
+                break
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(records)
+}
+
+/// A record's headers as text (lossy), by name.
+pub fn headers_of(message: &impl rdkafka::message::Message) -> HashMap<String, String> {
+    message
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| {
+                    (
+                        h.key.to_owned(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
