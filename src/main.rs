@@ -223,6 +223,7 @@ async fn run(settings: Settings, only: Vec<Component>, migrate: bool) -> anyhow:
         _ = running.stopped() => tracing::error!("a component failed"),
     }
     tracing::info!("shutting down: finishing batches in hand");
+    arm_exit_watchdog(grace + WATCHDOG_MARGIN);
     if tokio::time::timeout(grace, running.stop()).await.is_err() {
         // Whatever was not committed is redelivered on restart.
         anyhow::bail!(
@@ -231,6 +232,26 @@ async fn run(settings: Settings, only: Vec<Component>, migrate: bool) -> anyhow:
         );
     }
     Ok(())
+}
+
+/// What the watchdog allows beyond `SHUTDOWN_TIMEOUT_SECS` for the runtime
+/// to wind down.
+const WATCHDOG_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Exits the process after `limit` whatever the runtime is doing. librdkafka
+/// closes a consumer synchronously and, with the broker unreachable, can
+/// wait for it indefinitely; such a close on the runtime's threads would
+/// also stop the timer of the graceful stop, and the runtime waits for its
+/// blocking tasks when dropped. An OS thread is beyond both.
+fn arm_exit_watchdog(limit: std::time::Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        eprintln!(
+            "orderflow: still not stopped {} s after the shutdown began; exiting",
+            limit.as_secs()
+        );
+        std::process::exit(1);
+    });
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {

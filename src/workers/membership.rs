@@ -90,6 +90,11 @@ impl Membership {
             }
         }
         let _ = members::leave(&self.pool, &self.group, &self.settings.instance_id).await;
+        // Closing a consumer blocks (indefinitely while the broker is away):
+        // never on the runtime's threads.
+        if let Some(observer) = observer {
+            tokio::task::spawn_blocking(move || drop(observer));
+        }
     }
 
     /// A consumer of the group that never subscribes, so never joins: it

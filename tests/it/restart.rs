@@ -146,3 +146,64 @@ async fn a_graceful_stop_commits_offsets_so_a_restart_redelivers_nothing() {
 
     again.stop().await;
 }
+
+/// A worker whose broker vanished still stops: librdkafka's consumer close
+/// can wait for an unreachable broker indefinitely, and once it blocked the
+/// runtime's threads the graceful stop's own timeout never fired (found by
+/// the fault suite: workers hung after SIGTERM for as long as one cared to
+/// wait). The process must exit within SHUTDOWN_TIMEOUT_SECS and the
+/// watchdog's margin.
+#[tokio::test]
+async fn a_worker_whose_broker_is_gone_still_exits_after_sigterm() {
+    let dir = std::env::temp_dir().join(format!("orderflow-gone-{}", uuid::Uuid::new_v4()));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut broker = orderflow_testkit::broker::Broker::start(&dir, port, port, false)
+        .await
+        .expect("a broker of the test's own");
+    let env = TestEnv::with(|s| s.kafka_brokers = format!("127.0.0.1:{port}")).await;
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_orderflow"));
+    let worker = orderflow_testkit::Worker::spawn(
+        binary,
+        &env.settings,
+        &[
+            ("KAFKA_CONSUMER_CONFIG", GROUP),
+            ("SHUTDOWN_TIMEOUT_SECS", "3"),
+        ],
+    )
+    .await
+    .expect("worker starts");
+    // Joined its groups (it has applied a checkout), and the membership
+    // watch has asked the group coordinator for committed offsets: the
+    // closes that hung were of consumers that had talked to it.
+    env.produce_checkout(&checkout("gone-1", 9_001, 1)).await;
+    env.wait_count("SELECT count(*) FROM orders", 1).await;
+    let started = Instant::now();
+    while !worker
+        .metrics_page()
+        .await
+        .is_ok_and(|page| page.contains("orderflow_group_lag_messages{"))
+    {
+        assert!(started.elapsed() < WAIT, "the membership watch never ran");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The broker goes away as the worker starts its graceful stop, as when
+    // a whole stack is stopped at once.
+    let started = Instant::now();
+    worker
+        .signal(nix::sys::signal::Signal::SIGTERM)
+        .expect("SIGTERM");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    broker.stop().await.expect("broker stopped");
+    let status = worker.terminate().await.expect("the worker exits");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(3 + 5 + 5),
+        "exit took {took:?}, beyond the shutdown timeout and the watchdog"
+    );
+    println!("worker with its broker gone exited in {took:?} ({status})");
+    let _ = std::fs::remove_dir_all(&dir);
+}
