@@ -20,8 +20,10 @@ use rdkafka::util::Timeout;
 #[derive(Debug, Default)]
 pub struct Progress {
     pub sent: AtomicUsize,
-    /// Distinct (source, event id) pairs among the messages sent.
+    /// Distinct (source, event id) pairs among the messages sent, over
+    /// every `drive` of the scenario.
     pub distinct: AtomicUsize,
+    seen: Mutex<HashSet<(Input, String)>>,
     /// Per (input, partition): one past the highest offset delivered, the
     /// offset a group has consumed everything at.
     ends: Mutex<HashMap<(Input, i32), i64>>,
@@ -43,6 +45,13 @@ impl Progress {
     /// The end offsets of everything delivered so far.
     pub fn ends(&self) -> HashMap<(Input, i32), i64> {
         self.ends.lock().expect("not poisoned").clone()
+    }
+
+    fn first_sight(&self, input: Input, event_id: &str) -> bool {
+        self.seen
+            .lock()
+            .expect("not poisoned")
+            .insert((input, event_id.to_owned()))
     }
 
     fn delivered(&self, input: Input, partition: i32, offset: i64) {
@@ -74,7 +83,6 @@ pub async fn drive(
     let producer = producer(&settings)?;
     let topics = &settings.topics;
     let mut in_flight: VecDeque<(DeliveryFuture, Input)> = VecDeque::new();
-    let mut distinct = HashSet::new();
     let mut started = Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_millis(10));
     let mut next = 0;
@@ -109,7 +117,7 @@ pub async fn drive(
             in_flight.push_back((delivery, m.input));
             confirm(&mut in_flight, WINDOW, &progress).await?;
             if let Some(id) = &m.event_id {
-                if distinct.insert((m.input, id.clone())) {
+                if progress.first_sight(m.input, id) {
                     progress.distinct.fetch_add(1, Ordering::SeqCst);
                 }
             }

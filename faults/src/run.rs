@@ -342,7 +342,8 @@ impl Run {
         Ok(())
     }
 
-    async fn check_producer(&mut self) -> anyhow::Result<()> {
+    /// Fails when the producer stopped with an error.
+    pub async fn check_producer(&mut self) -> anyhow::Result<()> {
         if self.producing.as_ref().is_some_and(|t| t.is_finished()) {
             let result = self.producing.take().expect("checked").await?;
             result.context("producing the mix failed")?;
@@ -472,11 +473,20 @@ impl Run {
         let cleared = Instant::now();
         let target = self.progress.distinct() as i64;
         let ends = self.progress.ends();
+        let mut told = Instant::now();
         loop {
-            if self.processed().await.is_some_and(|n| n >= target)
-                && self.group_lag(&ends).await == Some(0)
-            {
+            let processed = self.processed().await;
+            let lag = self.group_lag(&ends).await;
+            if processed.is_some_and(|n| n >= target) && lag == Some(0) {
                 break;
+            }
+            if told.elapsed() > Duration::from_secs(30) {
+                eprintln!(
+                    "[faults] {}: recovering for {:.0} s: {processed:?}/{target} applied, group lag {lag:?}",
+                    self.name,
+                    cleared.elapsed().as_secs_f64()
+                );
+                told = Instant::now();
             }
             if cleared.elapsed() > Duration::from_secs(900) {
                 bail!("no recovery within 15 minutes of clearing the fault");
@@ -506,6 +516,12 @@ impl Run {
             .fetch_one(&self.pool)
             .await
             .ok();
+            if since.elapsed().as_secs() % 30 == 29 {
+                eprintln!(
+                    "[faults] {}: settling: (applied, unpublished, parked) {quiet:?} of {want}",
+                    self.name
+                );
+            }
             if let Some((done, unsent, parked)) = quiet {
                 if done >= want
                     && unsent == 0

@@ -79,6 +79,14 @@ pub async fn overload(opts: &Options) -> anyhow::Result<Outcome> {
     let (mut peak_rss, mut peak_lag) = (0.0f64, 0i64);
     let started = Instant::now();
     while run.progress.sent() < run.total_messages() {
+        run.check_producer().await?;
+        if started.elapsed().as_secs() % 30 == 29 {
+            eprintln!(
+                "[faults] overload: {} of {} sent",
+                run.progress.sent(),
+                run.total_messages()
+            );
+        }
         for slot in &run.workers {
             if let Some(w) = &slot.worker {
                 peak_rss = peak_rss.max(w.rss_mb().0);
