@@ -12,10 +12,13 @@ cd "$ROOT"
 ensure_postgres
 start_broker "memory://tansu/"
 
-# Databases of earlier runs that were interrupted before they could drop theirs.
+# Databases of earlier runs that were interrupted before they could drop
+# theirs; one that something is connected to belongs to a run still going.
 psql -d "${DATABASE_URL%/*}/postgres" -Atqc \
-  "SELECT datname FROM pg_database WHERE datname LIKE 'orderflow\_test\_%' OR datname LIKE 'orderflow\_faults\_%'" 2>/dev/null |
-  while read -r db; do psql -d "${DATABASE_URL%/*}/postgres" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true; done
+  "SELECT datname FROM pg_database d
+   WHERE (datname LIKE 'orderflow\_test\_%' OR datname LIKE 'orderflow\_faults\_%')
+     AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)" 2>/dev/null |
+  while read -r db; do psql -d "${DATABASE_URL%/*}/postgres" -qc "DROP DATABASE IF EXISTS \"$db\"" >/dev/null 2>&1 || true; done
 
 say "running the tests"
 cargo test --locked "$@"
