@@ -90,6 +90,7 @@ async fn committed_batches(run: &Run) -> f64 {
 /// client reconnects by itself.
 pub async fn broker_restart(opts: &Options) -> anyhow::Result<Outcome> {
     let spec = Spec {
+        durable_broker: true,
         workers: 2,
         ..Spec::default()
     };

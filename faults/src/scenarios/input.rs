@@ -23,7 +23,6 @@ pub async fn poison(opts: &Options) -> anyhow::Result<Outcome> {
         poison: opts.events / 10,
         huge: if opts.quick { 1 } else { 3 },
         avro: true,
-        memory_broker: true,
         ..Spec::default()
     };
     let mut run = Run::start(opts, "poison", spec).await?;
