@@ -115,6 +115,11 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 .as_ref()
                 .map_or(String::new(), |why| format!(": {why}"))
         );
+        // The row and notes now, so an interrupted run keeps what it learnt.
+        eprintln!("[faults] {}", report::row(&outcome));
+        for note in &outcome.notes {
+            eprintln!("[faults] {name}: {note}");
+        }
         outcomes.push(outcome);
     }
     report::print_table(&outcomes);

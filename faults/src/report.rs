@@ -54,23 +54,7 @@ pub fn print_table(outcomes: &[Outcome]) {
     );
     println!("|---|---|---|---|---|---|---|---|");
     for o in outcomes {
-        let recovery = o
-            .recovery
-            .map_or("—".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()));
-        let verdict = match (&o.failed, o.mismatches) {
-            (None, 0) => "pass".to_owned(),
-            (Some(why), _) => format!("FAIL: {why}"),
-            (None, n) => format!("FAIL: {n} mismatches"),
-        };
-        println!(
-            "| {} | {} | {} | {} | {} | {recovery} | {:.0} s | {verdict} |",
-            o.name,
-            o.events,
-            o.faults,
-            o.redeliveries,
-            o.mismatches,
-            o.duration.as_secs_f64()
-        );
+        println!("{}", row(o));
     }
     for o in outcomes {
         for note in &o.notes {
@@ -80,4 +64,25 @@ pub fn print_table(outcomes: &[Outcome]) {
             println!("- {} mismatch: {example}", o.name);
         }
     }
+}
+
+/// One scenario's line of the table.
+pub fn row(o: &Outcome) -> String {
+    let recovery = o
+        .recovery
+        .map_or("—".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()));
+    let verdict = match (&o.failed, o.mismatches) {
+        (None, 0) => "pass".to_owned(),
+        (Some(why), _) => format!("FAIL: {why}"),
+        (None, n) => format!("FAIL: {n} mismatches"),
+    };
+    format!(
+        "| {} | {} | {} | {} | {} | {recovery} | {:.0} s | {verdict} |",
+        o.name,
+        o.events,
+        o.faults,
+        o.redeliveries,
+        o.mismatches,
+        o.duration.as_secs_f64()
+    )
 }
