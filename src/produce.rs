@@ -103,6 +103,22 @@ pub fn producer(settings: &Settings) -> anyhow::Result<FutureProducer> {
         .context("failed to create Kafka producer")
 }
 
+/// The producer of `orderflow produce`: one record per batch, because Tansu
+/// 0.6 skips the rest of a batch for a consumer that starts inside it
+/// (docs/tansu.md), and sample traffic is light. `KAFKA_PRODUCER_CONFIG`
+/// still overrides it.
+fn input_producer(settings: &Settings) -> anyhow::Result<FutureProducer> {
+    let mut config = crate::kafka::producer_config(settings);
+    if !settings
+        .kafka_producer_extra
+        .iter()
+        .any(|(k, _)| k == "batch.num.messages")
+    {
+        config.set("batch.num.messages", "1");
+    }
+    config.create().context("failed to create Kafka producer")
+}
+
 /// Hands a record to the producer without waiting for its delivery; waits
 /// for room when the producer's queue is full.
 pub fn enqueue(
@@ -196,7 +212,7 @@ async fn check_topic(producer: &FutureProducer, topic: &str) -> anyhow::Result<(
 /// Sends sample checkouts to the checkouts topic, printing each order id once
 /// the broker has it. Without an interval, sends are pipelined.
 pub async fn samples(settings: &Settings, options: &SampleOptions) -> anyhow::Result<()> {
-    let producer = producer(settings)?;
+    let producer = input_producer(settings)?;
     let topic = &settings.topics.checkouts;
     check_topic(&producer, topic).await?;
     let mut in_flight = InFlight::new(topic);
@@ -242,7 +258,7 @@ pub async fn from_file(
     topic: &str,
     path: &std::path::Path,
 ) -> anyhow::Result<u64> {
-    let producer = producer(settings)?;
+    let producer = input_producer(settings)?;
     check_topic(&producer, topic).await?;
     let mut in_flight = InFlight::new(topic);
     let text = std::fs::read_to_string(path)

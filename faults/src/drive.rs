@@ -65,6 +65,11 @@ impl Progress {
 pub fn producer(settings: &Settings) -> anyhow::Result<FutureProducer> {
     orderflow::kafka::producer_config(settings)
         .set("message.timeout.ms", "300000")
+        // One record per batch: Tansu 0.6 serves a fetch that starts inside
+        // a batch from the next batch, silently skipping the rest of that
+        // one (docs/tansu.md), so a consumer restarting at a committed
+        // offset mid-batch would lose input. On Kafka batching is safe.
+        .set("batch.num.messages", "1")
         .set("message.max.bytes", "20000000")
         .set("queue.buffering.max.messages", "1000000")
         .create()
