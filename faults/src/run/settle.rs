@@ -117,6 +117,12 @@ impl Run {
         self.produced().await?;
         let want = self.mix.distinct_events.len() as i64;
         let since = Instant::now();
+        let mut told = Instant::now();
+        // When the groups have consumed everything and nothing has changed
+        // for a minute, waiting longer cannot help: the oracle says what
+        // is missing.
+        let mut last = None;
+        let mut unchanged_since = Instant::now();
         loop {
             self.scrape().await;
             let quiet: Option<(i64, i64, i64)> = sqlx::query_as(
@@ -127,22 +133,32 @@ impl Run {
             .fetch_one(&self.pool)
             .await
             .ok();
-            if since.elapsed().as_secs() % 30 == 29 {
+            if quiet != last {
+                last = quiet;
+                unchanged_since = Instant::now();
+            }
+            let lag = self.group_lag(&self.progress.ends()).await;
+            if told.elapsed() > Duration::from_secs(30) {
                 eprintln!(
-                    "[faults] {}: settling: (applied, unpublished, parked) {quiet:?} of {want}",
+                    "[faults] {}: settling: (applied, unpublished, parked) {quiet:?} of {want}, group lag {lag:?}",
                     self.name
                 );
+                told = Instant::now();
             }
             if let Some((done, unsent, parked)) = quiet {
-                if done >= want
-                    && unsent == 0
-                    && parked == 0
-                    && self.group_lag(&self.progress.ends()).await == Some(0)
-                {
-                    return Ok(());
+                if lag == Some(0) && unsent == 0 {
+                    if done >= want && parked == 0 {
+                        return Ok(());
+                    }
+                    if unchanged_since.elapsed() > Duration::from_secs(60) {
+                        eprintln!(
+                            "[faults] {}: everything consumed, yet {done}/{want} applied and {parked} parked, unchanged for a minute",
+                            self.name
+                        );
+                        return Ok(());
+                    }
                 }
                 if since.elapsed() > Duration::from_secs(1200) {
-                    let lag = self.group_lag(&self.progress.ends()).await;
                     bail!("not quiet after 20 minutes: {done}/{want} applied, {unsent} unpublished, {parked} parked, group lag {lag:?}");
                 }
             }
