@@ -22,7 +22,6 @@ pub struct Progress {
     pub sent: AtomicUsize,
     /// Distinct (source, event id) pairs among the messages sent, over
     /// every `drive` of the scenario.
-    pub distinct: AtomicUsize,
     seen: Mutex<HashSet<(Input, String)>>,
     /// Per (input, partition): one past the highest offset delivered, the
     /// offset a group has consumed everything at.
@@ -39,7 +38,7 @@ impl Progress {
     }
 
     pub fn distinct(&self) -> usize {
-        self.distinct.load(Ordering::SeqCst)
+        self.seen.lock().expect("not poisoned").len()
     }
 
     /// The end offsets of everything delivered so far.
@@ -47,11 +46,11 @@ impl Progress {
         self.ends.lock().expect("not poisoned").clone()
     }
 
-    fn first_sight(&self, input: Input, event_id: &str) -> bool {
+    fn saw(&self, input: Input, event_id: &str) {
         self.seen
             .lock()
             .expect("not poisoned")
-            .insert((input, event_id.to_owned()))
+            .insert((input, event_id.to_owned()));
     }
 
     fn delivered(&self, input: Input, partition: i32, offset: i64) {
@@ -122,9 +121,7 @@ pub async fn drive(
             in_flight.push_back((delivery, m.input));
             confirm(&mut in_flight, WINDOW, &progress).await?;
             if let Some(id) = &m.event_id {
-                if progress.first_sight(m.input, id) {
-                    progress.distinct.fetch_add(1, Ordering::SeqCst);
-                }
+                progress.saw(m.input, id);
             }
             progress.sent.fetch_add(1, Ordering::SeqCst);
             next += 1;

@@ -194,6 +194,17 @@ fn occurred_at(rng: &mut StdRng, skewed: bool) -> DateTime<Utc> {
     }
 }
 
+/// The address every test checkout ships to (taxed by the California row).
+pub fn california() -> Address {
+    Address {
+        street: "1 Market St".into(),
+        city: "San Francisco".into(),
+        state: "CA".into(),
+        zip_code: "94105".into(),
+        country: "US".into(),
+    }
+}
+
 /// A valid checkout shipped to California, totalling [`TOTAL`].
 pub fn checkout(
     order_id: &str,
@@ -201,13 +212,7 @@ pub fn checkout(
     event_id: EventId,
     at: DateTime<Utc>,
 ) -> CheckoutEvent {
-    let address = Address {
-        street: "1 Market St".into(),
-        city: "San Francisco".into(),
-        state: "CA".into(),
-        zip_code: "94105".into(),
-        country: "US".into(),
-    };
+    let address = california();
     let item = |sku: &str, quantity, unit_price_minor| CheckoutItem {
         sku: sku.into(),
         name: format!("Thing {sku}"),

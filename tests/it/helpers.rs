@@ -10,8 +10,7 @@ use orderflow::app::{self, Component, Running};
 use orderflow::config::Settings;
 use orderflow::domain::{EventId, OrderId};
 use orderflow::events::{
-    Address, Cancellation, CheckoutEvent, CheckoutItem, PaymentConfirmation, PaymentStatus,
-    RequestedBy,
+    Cancellation, CheckoutEvent, CheckoutItem, PaymentConfirmation, PaymentStatus, RequestedBy,
 };
 use orderflow::store::inbox::Outcome;
 use orderflow_testkit::World;
@@ -352,13 +351,7 @@ pub fn order_id_of(raw: &str) -> OrderId {
 
 /// A valid checkout shipped to California: 2 × 1,000 + 1 × 550 = 2,550 cents.
 pub fn checkout(order_id: &str, cart_id: i64, user_id: i64) -> CheckoutEvent {
-    let address = Address {
-        street: "1 Market St".into(),
-        city: "San Francisco".into(),
-        state: "CA".into(),
-        zip_code: "94105".into(),
-        country: "US".into(),
-    };
+    let address = orderflow_testkit::mix::california();
     CheckoutEvent {
         event_id: new_event_id(),
         order_id: order_id_of(order_id),
