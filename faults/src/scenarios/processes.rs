@@ -17,7 +17,8 @@ pub async fn kill(opts: &Options) -> anyhow::Result<Outcome> {
         ..Spec::default()
     };
     let mut run = Run::start(opts, "kill", spec).await?;
-    run.produce(None);
+    // At least 30 s of input, so each kill lands mid-stream in small runs.
+    run.produce(Some(run.spread_over(Duration::from_secs(30))));
     for fraction in [0.25, 0.5, 0.75] {
         run.wait_sent(fraction).await?;
         run.kill(0).await?;
