@@ -57,6 +57,8 @@ impl Component {
 pub struct Running {
     pub http_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
+    /// The live streams' subscribers, where HTTP runs.
+    pub hub: Option<Arc<crate::realtime::Hub>>,
     pub pool: PgPool,
     consumers_stop: CancellationToken,
     consumers: TaskTracker,
@@ -93,9 +95,11 @@ pub async fn start(settings: Settings, components: &[Component]) -> anyhow::Resu
         None => Codec::new(settings.max_message_bytes),
     };
     let wakeup = Arc::new(Notify::new());
+    let feed_wakeup = Arc::new(Notify::new());
     let mut running = Running {
         http_addr: None,
         metrics: metrics.clone(),
+        hub: None,
         pool: pool.clone(),
         consumers_stop: CancellationToken::new(),
         consumers: TaskTracker::new(),
@@ -108,6 +112,7 @@ pub async fn start(settings: Settings, components: &[Component]) -> anyhow::Resu
             pool: pool.clone(),
             metrics: metrics.clone(),
             outbox_wakeup: wakeup.clone(),
+            feed_wakeup: feed_wakeup.clone(),
         },
         codec: codec.clone(),
         running: &running,
@@ -133,6 +138,12 @@ pub async fn start(settings: Settings, components: &[Component]) -> anyhow::Resu
         )
         .started;
 
+    if !started.is_empty() {
+        let (pool, id) = (pool.clone(), settings.instance_id.clone());
+        running.spawn_rest("feed notifier", |stop| {
+            crate::realtime::notifier(pool, feed_wakeup, id, stop)
+        });
+    }
     if components.contains(&Component::Relay) {
         let relay = Relay {
             settings: settings.clone(),
@@ -145,10 +156,24 @@ pub async fn start(settings: Settings, components: &[Component]) -> anyhow::Resu
     }
     spawn_housekeeping(&running, &settings, components);
     if components.contains(&Component::Http) {
+        let streams = settings.streams.clone();
+        let hub = Arc::new(crate::realtime::Hub::new(
+            streams.max_connections,
+            streams.buffer,
+            metrics.clone(),
+            running.rest_stop.child_token(),
+        ));
+        running.hub = Some(hub.clone());
+        let (tail_pool, tail_hub) = (pool.clone(), hub.clone());
+        running.spawn_rest("order feed tailer", |stop| {
+            crate::realtime::tailer(tail_pool, tail_hub, stop)
+        });
         let state = crate::http::AppState {
             pool,
             metrics,
             expected_consumers: Arc::new(started),
+            hub,
+            stream_settings: streams,
         };
         running.http_addr = Some(serve_http(&running, settings.http_addr, state).await?);
     }

@@ -120,6 +120,22 @@ pub struct Settings {
     /// Partitions of a loop's topic owned by no live member for this long
     /// make one member rejoin its group (a rebalance); `None` (0) disables.
     pub group_repair_after: Option<Duration>,
+    /// Live order streams (server-sent events).
+    pub streams: StreamSettings,
+}
+
+/// Live order streams: `SSE_*` and `FEED_RETENTION_SECS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSettings {
+    /// A comment line this often keeps proxies from closing an idle stream.
+    pub heartbeat: Duration,
+    /// Open streams per instance; more get 503 with `Retry-After`.
+    pub max_connections: usize,
+    /// Events buffered per subscriber; a subscriber this far behind is
+    /// disconnected (it resumes from its cursor).
+    pub buffer: usize,
+    /// How long the order feed keeps events for resuming streams.
+    pub feed_retention: Duration,
 }
 
 /// `<host>-<pid>-<4 hex digits>`: unique per process, readable in logs.
@@ -171,6 +187,7 @@ impl std::fmt::Debug for Settings {
             .field("instance_id", &self.instance_id)
             .field("relay_lease", &self.relay_lease)
             .field("group_repair_after", &self.group_repair_after)
+            .field("streams", &self.streams)
             .finish()
     }
 }
@@ -278,6 +295,16 @@ impl Settings {
                 0 => None,
                 secs => Some(Duration::from_secs(secs)),
             },
+            streams: StreamSettings {
+                heartbeat: Duration::from_secs(parse(&lookup, "SSE_HEARTBEAT_SECS", 15)?),
+                max_connections: parse(&lookup, "SSE_MAX_CONNECTIONS", 10_000)?,
+                buffer: parse(&lookup, "SSE_BUFFER_EVENTS", 256)?,
+                feed_retention: Duration::from_secs(parse(
+                    &lookup,
+                    "FEED_RETENTION_SECS",
+                    7 * 86_400,
+                )?),
+            },
         };
         settings.check()?;
         Ok(settings)
@@ -291,6 +318,12 @@ impl Settings {
         };
         if self.batch_max_messages == 0 {
             return Err(bad("BATCH_MAX_MESSAGES", "0".into(), "must be at least 1"));
+        }
+        if self.streams.heartbeat.is_zero() {
+            return Err(bad("SSE_HEARTBEAT_SECS", "0".into(), "must be at least 1"));
+        }
+        if self.streams.buffer == 0 {
+            return Err(bad("SSE_BUFFER_EVENTS", "0".into(), "must be at least 1"));
         }
         if self.batch_concurrency == 0 {
             return Err(bad("BATCH_CONCURRENCY", "0".into(), "must be at least 1"));

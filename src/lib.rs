@@ -33,6 +33,7 @@ pub mod events;
 pub mod http;
 pub mod kafka;
 pub mod produce;
+pub mod realtime;
 pub mod schemas;
 pub mod store;
 pub mod telemetry;

@@ -35,6 +35,7 @@ pub struct Metrics {
     outbox: OutboxMetrics,
     http: HttpMetrics,
     orders: OrdersMetrics,
+    streams: StreamMetrics,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -205,6 +206,43 @@ impl HttpMetrics {
     }
 }
 
+/// Live order streams (server-sent events).
+struct StreamMetrics {
+    connections: IntGaugeVec,
+    events_sent: IntCounter,
+    disconnects: IntCounterVec,
+    commit_to_send: Histogram,
+    feed_reads: IntCounter,
+}
+
+impl StreamMetrics {
+    fn new(r: &Registrar) -> Self {
+        StreamMetrics {
+            connections: r.gauges("sse_connections", "Open live streams by route", &["route"]),
+            events_sent: r.counter(
+                "sse_events_sent_total",
+                "Events written to live streams (snapshots included)",
+            ),
+            disconnects: r.counters(
+                "sse_disconnects_total",
+                "Live streams ended, by reason: client, slow (buffer full), shutdown, error",
+                &["reason"],
+            ),
+            commit_to_send: r.add(Histogram::with_opts(
+                HistogramOpts::new(
+                    "sse_commit_to_send_seconds",
+                    "From an order event's write in its batch transaction to its send on a stream",
+                )
+                .buckets(end_to_end_buckets()),
+            )),
+            feed_reads: r.counter(
+                "feed_reads_total",
+                "Reads of the order feed by this instance's tailer",
+            ),
+        }
+    }
+}
+
 /// Orders, money and parked events.
 struct OrdersMetrics {
     transitions: IntCounterVec,
@@ -317,6 +355,7 @@ impl Metrics {
             outbox: OutboxMetrics::new(&r),
             http: HttpMetrics::new(&r),
             orders: OrdersMetrics::new(&r),
+            streams: StreamMetrics::new(&r),
             registry: r.0,
         }
     }
@@ -517,6 +556,30 @@ impl Metrics {
         if rows > 0 {
             tracing::debug!(rows, "purged published outbox rows");
         }
+    }
+
+    /// A live stream opened (+1) or closed (-1) on `route`.
+    pub fn sse_connections(&self, route: &str, delta: i64) {
+        self.streams
+            .connections
+            .with_label_values(&[route])
+            .add(delta);
+    }
+
+    /// An event sent on a stream; `since_commit` for events of the feed.
+    pub fn sse_event_sent(&self, since_commit: Option<Duration>) {
+        self.streams.events_sent.inc();
+        if let Some(took) = since_commit {
+            self.streams.commit_to_send.observe(took.as_secs_f64());
+        }
+    }
+
+    pub fn sse_disconnect(&self, reason: &str) {
+        self.streams.disconnects.with_label_values(&[reason]).inc();
+    }
+
+    pub fn feed_read(&self) {
+        self.streams.feed_reads.inc();
     }
 
     pub fn http_request(&self, route: &str, status: u16, took: Duration) {

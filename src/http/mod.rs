@@ -1,11 +1,15 @@
 //! The HTTP API: reads the store, never writes it.
 //!
 //! Routes: `GET /orders/{order_id}`, `GET /orders/{order_id}/status`,
-//! `GET /users/{user_id}/orders?limit=&before=`, `GET /parked-events`, `GET /healthz`,
+//! `GET /users/{user_id}/orders?limit=&before=`, the live streams
+//! `GET /orders/{order_id}/events` and `GET /users/{user_id}/orders/events`
+//! (`streams`), the tracking page `GET /track/{order_id}`,
+//! `GET /parked-events`, `GET /healthz`,
 //! `GET /readyz`, `GET /metrics`. Errors are JSON `{"error": "..."}` with a
 //! 4xx for bad requests and unknown ids, 503 when the database is down.
 
 mod orders;
+mod streams;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,13 +31,19 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Consumer loops this process runs; `/readyz` needs each of them up.
     pub expected_consumers: Arc<Vec<String>>,
+    /// Subscribers of the live streams.
+    pub hub: Arc<crate::realtime::Hub>,
+    pub stream_settings: crate::config::StreamSettings,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/orders/{order_id}", get(orders::detail))
         .route("/orders/{order_id}/status", get(orders::status))
+        .route("/orders/{order_id}/events", get(streams::order_events))
         .route("/users/{user_id}/orders", get(orders::user_history))
+        .route("/users/{user_id}/orders/events", get(streams::user_events))
+        .route("/track/{order_id}", get(track_page))
         .route("/parked-events", get(orders::parked))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -60,6 +70,18 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
         .metrics
         .http_request(&route, response.status().as_u16(), started.elapsed());
     response
+}
+
+/// The tracking page: static HTML whose script follows the order's stream.
+async fn track_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("track.html"),
+    )
+        .into_response()
 }
 
 async fn healthz() -> Json<serde_json::Value> {

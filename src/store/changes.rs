@@ -7,6 +7,7 @@
 use anyhow::Context;
 use sqlx::PgConnection;
 
+use super::feed;
 use super::inbox::{self, InboxRow};
 use super::lifecycle::{self, NewPayment, Refund};
 use super::orders::{self, NewOrder, StatusUpdate, Transition};
@@ -67,6 +68,10 @@ impl Changes {
         outbox::enqueue_many(conn, &self.outbox)
             .await
             .context("failed to enqueue outbox records")?;
+        // Last: it locks the users' feed heads until the commit.
+        feed::append(conn, &self.outbox)
+            .await
+            .context("failed to append to the order feed")?;
         Ok(())
     }
 }

@@ -5,6 +5,7 @@
 //! take the pool.
 
 pub mod changes;
+pub mod feed;
 pub mod inbox;
 pub mod leases;
 pub mod lifecycle;

@@ -57,6 +57,18 @@ impl NewRecord {
         }
     }
 
+    pub fn is_order_event(&self) -> bool {
+        self.kind == RecordKind::OrderEvent
+    }
+
+    /// The first value of header `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The dead letter of a failed message, for `dlq_topic`.
     pub fn dead_letter(dlq_topic: &str, letter: &DeadLetter<'_>) -> NewRecord {
         NewRecord {

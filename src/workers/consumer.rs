@@ -72,6 +72,8 @@ pub struct LoopDeps {
     pub metrics: Arc<Metrics>,
     /// Woken after every commit that may have written outbox rows.
     pub outbox_wakeup: Arc<Notify>,
+    /// Wakes the feed notifier (`realtime::notifier`) after each commit.
+    pub feed_wakeup: Arc<Notify>,
 }
 
 /// How long the buffers may stay full before the loop pauses its assignment.
@@ -447,6 +449,7 @@ impl<H: Handler> BatchProcessor<'_, H> {
         }
         report.tally.report(metrics);
         self.deps.outbox_wakeup.notify_one();
+        self.deps.feed_wakeup.notify_one();
         if let Err(e) = consumer.store_offset(topic, done.partition, done.last_offset) {
             // The partition was revoked meanwhile; its next owner re-reads
             // the batch and the inbox skips it.

@@ -33,7 +33,7 @@ use rdkafka::util::Timeout;
 use sqlx::{Connection, PgConnection};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use super::backoff::Backoff;
 use crate::config::Settings;
@@ -165,6 +165,18 @@ impl Relay {
                     .await
                     .context("failed to purge the outbox")?;
                 self.metrics.outbox_purged(purged);
+                // The relay leader is one writer per database: a good place
+                // for the order feed's retention too.
+                let purged = crate::store::feed::purge(
+                    &self.pool,
+                    self.settings.streams.feed_retention,
+                    10_000,
+                )
+                .await
+                .context("failed to purge the order feed")?;
+                if purged > 0 {
+                    debug!(rows = purged, "purged old order feed rows");
+                }
                 last_purge = Instant::now();
             }
             let rows = outbox::pending(conn, self.settings.outbox_batch_size)

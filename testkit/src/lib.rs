@@ -8,6 +8,7 @@ pub mod mix;
 pub mod oracle;
 pub mod prom;
 pub mod registry;
+pub mod sse;
 mod worker;
 
 use std::path::Path;

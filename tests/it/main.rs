@@ -11,3 +11,4 @@ mod lifecycle;
 mod partitions;
 mod races;
 mod restart;
+mod streams;

@@ -1,0 +1,325 @@
+//! The order feed (`order_feed`): every order event, numbered per user in
+//! commit order, for the live streams to replay and tail.
+//!
+//! Writers append in the batch transaction, as its last statement
+//! ([`append`]): the user's `feed_heads` row is locked from there to the
+//! commit, so a user's `seq`s commit in order with no holes. Readers:
+//! [`tail`] returns what committed since the previous call (by transaction
+//! snapshot, not by a serial id: ids are taken at insert, not at commit),
+//! [`after`] replays one order's or one user's events after a cursor, and
+//! [`order_snapshot`] / [`user_snapshot`] give the state a stream starts from
+//! together with the cursor it is current to.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor, PgPool};
+
+use super::outbox::NewRecord;
+
+/// The channel writers `NOTIFY` after a commit that appended to the feed.
+pub const CHANNEL: &str = "orderflow_feed";
+
+/// One feed row.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct FeedRow {
+    pub user_id: i64,
+    pub seq: i64,
+    pub order_id: String,
+    pub event_type: String,
+    /// The event's JSON, as published on order-events.
+    pub body: String,
+    /// When the batch wrote it (just before its commit).
+    pub created_at: DateTime<Utc>,
+}
+
+/// Appends the order events among `records` (in slice order) for their
+/// orders' users. The caller's transaction holds the orders' locks, and
+/// the orders exist (written earlier in the transaction or before).
+pub async fn append(conn: &mut PgConnection, records: &[NewRecord]) -> sqlx::Result<()> {
+    let mut order_ids = Vec::new();
+    let mut types = Vec::new();
+    let mut bodies = Vec::new();
+    for r in records.iter().filter(|r| r.is_order_event()) {
+        let (Some(key), Some(event_type)) = (r.key.as_deref(), r.header("event_type")) else {
+            continue;
+        };
+        order_ids.push(String::from_utf8_lossy(key).into_owned());
+        types.push(event_type.to_owned());
+        bodies.push(String::from_utf8_lossy(&r.payload).into_owned());
+    }
+    if order_ids.is_empty() {
+        return Ok(());
+    }
+    // Heads are upserted in user order, so two batches never wait on each
+    // other in a cycle; nothing runs after this statement but the commit.
+    sqlx::query(
+        "WITH ev AS (
+             SELECT u.order_id, u.event_type, u.body, u.n, o.user_id
+             FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS u(order_id, event_type, body, n)
+             JOIN orders o USING (order_id)
+         ), counts AS (
+             SELECT user_id, count(*) AS c FROM ev GROUP BY user_id
+         ), heads AS (
+             INSERT INTO feed_heads AS h (user_id, seq)
+             SELECT user_id, c FROM counts ORDER BY user_id
+             ON CONFLICT (user_id) DO UPDATE SET seq = h.seq + EXCLUDED.seq
+             RETURNING user_id, seq
+         )
+         INSERT INTO order_feed (user_id, seq, order_id, event_type, body)
+         SELECT ev.user_id,
+                heads.seq - counts.c + row_number() OVER (PARTITION BY ev.user_id ORDER BY ev.n),
+                ev.order_id, ev.event_type, ev.body::json
+         FROM ev JOIN counts USING (user_id) JOIN heads USING (user_id)",
+    )
+    .bind(&order_ids)
+    .bind(&types)
+    .bind(&bodies)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Where a tailer stands: every transaction below `xmax` and not in `xip`
+/// had finished when it last read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Horizon {
+    xmax: String,
+    xip: Vec<String>,
+}
+
+impl Horizon {
+    /// Parses PostgreSQL's `pg_snapshot` text form, `xmin:xmax:xip,...`.
+    fn parse(snapshot: &str) -> Option<Horizon> {
+        let mut parts = snapshot.split(':');
+        let _xmin = parts.next()?;
+        let xmax = parts.next()?;
+        let xip = parts.next()?;
+        let valid = |x: &str| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit());
+        let xip: Vec<String> = xip
+            .split(',')
+            .filter(|x| !x.is_empty())
+            .map(str::to_owned)
+            .collect();
+        (valid(xmax) && xip.iter().all(|x| valid(x))).then(|| Horizon {
+            xmax: xmax.to_owned(),
+            xip,
+        })
+    }
+}
+
+/// Now: a tailer starting here sees what commits from now on.
+pub async fn horizon(pool: &PgPool) -> sqlx::Result<Horizon> {
+    let text: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
+        .fetch_one(pool)
+        .await?;
+    Horizon::parse(&text).ok_or_else(|| sqlx::Error::Protocol(format!("bad snapshot {text:?}")))
+}
+
+/// The rows that committed since `since`, and the new horizon. Rows and
+/// horizon come from one statement, so one snapshot: a transaction still
+/// running now is in the new horizon's `xip` (or at or above its `xmax`)
+/// and is read next time, and nothing is read twice.
+pub async fn tail(pool: &PgPool, since: &Horizon) -> sqlx::Result<(Vec<FeedRow>, Horizon)> {
+    #[derive(sqlx::FromRow)]
+    struct Tailed {
+        snapshot: String,
+        user_id: Option<i64>,
+        seq: Option<i64>,
+        order_id: Option<String>,
+        event_type: Option<String>,
+        body: Option<String>,
+        created_at: Option<DateTime<Utc>>,
+    }
+    let tailed: Vec<Tailed> = sqlx::query_as(
+        "WITH s AS (SELECT pg_current_snapshot()::text AS snapshot)
+         SELECT s.snapshot, f.user_id, f.seq, f.order_id, f.event_type, f.body::text AS body, f.created_at
+         FROM s LEFT JOIN order_feed f
+           ON f.xid >= $1::text::xid8 OR f.xid = ANY($2::text[]::xid8[])
+         ORDER BY f.user_id, f.seq",
+    )
+    .bind(&since.xmax)
+    .bind(&since.xip)
+    .fetch_all(pool)
+    .await?;
+    let snapshot = tailed.first().map(|t| t.snapshot.as_str()).unwrap_or("");
+    let horizon = Horizon::parse(snapshot)
+        .ok_or_else(|| sqlx::Error::Protocol(format!("bad snapshot {snapshot:?}")))?;
+    let rows = tailed
+        .into_iter()
+        .filter_map(|t| {
+            Some(FeedRow {
+                user_id: t.user_id?,
+                seq: t.seq?,
+                order_id: t.order_id?,
+                event_type: t.event_type?,
+                body: t.body?,
+                created_at: t.created_at?,
+            })
+        })
+        .collect();
+    Ok((rows, horizon))
+}
+
+/// What a stream follows.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    Order(String),
+    User(i64),
+}
+
+/// Events of `target` after `cursor`, in seq order, at most `limit`; and
+/// whether the feed still held everything after the cursor (`false` when
+/// retention already purged some of it: the caller resends a snapshot).
+pub async fn after(
+    pool: &PgPool,
+    target: &Target,
+    cursor: i64,
+    limit: i64,
+) -> sqlx::Result<(Vec<FeedRow>, bool)> {
+    const COLUMNS: &str = "user_id, seq, order_id, event_type, body::text AS body, created_at";
+    let (rows, user_id): (Vec<FeedRow>, Option<i64>) = match target {
+        Target::Order(order_id) => {
+            let rows: Vec<FeedRow> = sqlx::query_as(&format!(
+                "SELECT {COLUMNS} FROM order_feed WHERE order_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+            ))
+            .bind(order_id)
+            .bind(cursor)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            let user_id = match rows.first() {
+                Some(r) => Some(r.user_id),
+                None => {
+                    sqlx::query_scalar("SELECT user_id FROM orders WHERE order_id = $1")
+                        .bind(order_id)
+                        .fetch_optional(pool)
+                        .await?
+                }
+            };
+            (rows, user_id)
+        }
+        Target::User(user_id) => {
+            let rows = sqlx::query_as(&format!(
+                "SELECT {COLUMNS} FROM order_feed WHERE user_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+            ))
+            .bind(user_id)
+            .bind(cursor)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            (rows, Some(*user_id))
+        }
+    };
+    let complete = match user_id {
+        Some(user_id) => covers(pool, user_id, cursor).await?,
+        None => true,
+    };
+    Ok((rows, complete))
+}
+
+/// Whether the feed holds every event of `user_id` after `cursor`: the
+/// oldest row kept is at most `cursor + 1` and the cursor is not ahead of
+/// the head (a cursor from another database).
+async fn covers(pool: &PgPool, user_id: i64, cursor: i64) -> sqlx::Result<bool> {
+    let (oldest, head): (Option<i64>, Option<i64>) = sqlx::query_as(
+        "SELECT (SELECT min(seq) FROM order_feed WHERE user_id = $1),
+                (SELECT seq FROM feed_heads WHERE user_id = $1)",
+    )
+    .bind(user_id)
+    .fetch_one(pool)
+    .await?;
+    let head = head.unwrap_or(0);
+    Ok(cursor == head || (cursor < head && oldest.is_some_and(|o| o <= cursor + 1)))
+}
+
+/// An order's state as a stream starts from it: the status document plus
+/// totals and lines, and the cursor it is current to (its user's head).
+pub async fn order_snapshot<'e>(
+    db: impl PgExecutor<'e>,
+    order_id: &str,
+) -> sqlx::Result<Option<(String, i64)>> {
+    sqlx::query_as(
+        "SELECT json_build_object('order_id', o.order_id, 'status', o.status, 'updated_at', o.updated_at,
+                    'user_id', o.user_id, 'currency', o.currency, 'subtotal_minor', o.subtotal_minor,
+                    'tax_minor', o.tax_minor, 'shipping_minor', o.shipping_minor,
+                    'total_minor', o.total_minor, 'item_count', o.item_count,
+                    'rejection_reason', o.rejection_reason, 'items', o.items,
+                    'created_at', o.created_at)::text,
+                COALESCE((SELECT seq FROM feed_heads h WHERE h.user_id = o.user_id), 0)
+         FROM orders o WHERE o.order_id = $1",
+    )
+    .bind(order_id)
+    .fetch_optional(db)
+    .await
+}
+
+/// A user's most recent `limit` orders as a stream starts from them, and the
+/// cursor they are current to.
+pub async fn user_snapshot(pool: &PgPool, user_id: i64, limit: i64) -> sqlx::Result<(String, i64)> {
+    sqlx::query_as(
+        "SELECT json_build_object('user_id', $1::bigint, 'orders', COALESCE((
+                    SELECT json_agg(json_build_object('order_id', o.order_id, 'status', o.status,
+                        'updated_at', o.updated_at, 'currency', o.currency, 'total_minor', o.total_minor,
+                        'item_count', o.item_count, 'created_at', o.created_at)
+                        ORDER BY o.created_at DESC, o.order_id DESC)
+                    FROM (SELECT * FROM orders WHERE user_id = $1
+                          ORDER BY created_at DESC, order_id DESC LIMIT $2) o), '[]'::json))::text,
+                COALESCE((SELECT seq FROM feed_heads WHERE user_id = $1), 0)",
+    )
+    .bind(user_id)
+    .bind(limit)
+    .fetch_one(pool)
+    .await
+}
+
+/// Deletes feed rows older than `retention`, at most `limit` at a time.
+pub async fn purge(pool: &PgPool, retention: Duration, limit: i64) -> sqlx::Result<u64> {
+    let cutoff =
+        Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    Ok(sqlx::query(
+        "DELETE FROM order_feed WHERE (user_id, seq) IN (
+             SELECT user_id, seq FROM order_feed WHERE created_at < $1 LIMIT $2)",
+    )
+    .bind(cutoff)
+    .bind(limit)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+/// Tells every listening instance that the feed grew.
+pub async fn notify(pool: &PgPool, from: &str) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(from)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_snapshots() {
+        assert_eq!(
+            Horizon::parse("10:20:10,14"),
+            Some(Horizon {
+                xmax: "20".into(),
+                xip: vec!["10".into(), "14".into()]
+            })
+        );
+        assert_eq!(
+            Horizon::parse("10:10:"),
+            Some(Horizon {
+                xmax: "10".into(),
+                xip: vec![]
+            })
+        );
+        assert_eq!(Horizon::parse("10:x:"), None);
+        assert_eq!(Horizon::parse("10"), None);
+        assert_eq!(Horizon::parse("1:2:3;DROP"), None);
+    }
+}
