@@ -89,3 +89,18 @@ start_broker() {
   done
   die "Tansu did not listen on $host:$port within 10 s; see $LOCAL/tansu.log"
 }
+
+# Chromium and chromedriver for the tracking page's browser test: Debian's
+# packages, installed when missing (needs root or sudo).
+ensure_chromium() {
+  if command -v chromedriver >/dev/null && { command -v chromium >/dev/null || [ -n "${CHROMIUM:-}" ]; }; then
+    return
+  fi
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  command -v apt-get >/dev/null || die "the browser test needs chromium and chromedriver; install them (or set CHROMIUM and CHROMEDRIVER)"
+  say "installing chromium and chromium-driver for the browser test"
+  $sudo apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 ||
+    { $sudo apt-get update -q >/dev/null 2>&1 && $sudo apt-get install -y -q chromium chromium-driver >/dev/null; } ||
+    die "could not install chromium and chromium-driver"
+}

@@ -10,6 +10,7 @@ trap cleanup EXIT
 cd "$ROOT"
 
 ensure_postgres
+ensure_chromium
 start_broker "memory://tansu/"
 
 # Databases of earlier runs that were interrupted before they could drop

@@ -12,3 +12,4 @@ mod partitions;
 mod races;
 mod restart;
 mod streams;
+mod track_page;
