@@ -55,6 +55,8 @@ fi
 cat <<INFO
 
 orderflow is running.  Try:
+  Track an order live in a browser:  http://$HTTP_ADDR/track/${FIRST:-<order_id>}
+  curl -N http://$HTTP_ADDR/orders/${FIRST:-<order_id>}/events     (its live stream; Ctrl-C ends it)
   curl -s http://$HTTP_ADDR/orders/${FIRST:-<order_id>}
   curl -s http://$HTTP_ADDR/orders/${FIRST:-<order_id>}/status
   curl -s 'http://$HTTP_ADDR/users/1/orders?limit=5'

@@ -90,6 +90,9 @@ impl Bench {
         let (now, hwm) = self.rss_mb();
         report.worker_rss_end_mb = now;
         report.worker_peak_rss_mb = peak.max(hwm);
+        if o.sse_subscribers > 0 {
+            self.streams(o, &mut report).await?;
+        }
         Ok(report)
     }
 

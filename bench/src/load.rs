@@ -61,7 +61,7 @@ fn new_event_id() -> EventId {
 
 /// A confirmed payment of the order's total, priced with the same tables the
 /// worker uses, so orders get PAID and cancelling a paid one requests a refund.
-fn payment_for(ev: &CheckoutEvent, tables: &PricingTables) -> PaymentConfirmation {
+pub(crate) fn payment_for(ev: &CheckoutEvent, tables: &PricingTables) -> PaymentConfirmation {
     let amount_minor = orderflow::workers::checkout::price(tables, ev)
         .map_or(1_000, |priced| priced.total.minor());
     PaymentConfirmation {
@@ -113,6 +113,16 @@ impl Bench {
     /// The mix, produced as fast as the broker takes it; a failed delivery
     /// stops the run (the worker would otherwise wait for it forever).
     pub async fn produce_mix(&self, checkouts: u64) -> anyhow::Result<u64> {
+        self.produce_mix_named(checkouts, "b", 0).await
+    }
+
+    /// The mix with orders `<prefix>-n` and carts from `cart_base`.
+    pub async fn produce_mix_named(
+        &self,
+        checkouts: u64,
+        prefix: &str,
+        cart_base: i64,
+    ) -> anyhow::Result<u64> {
         let t = &self.settings().topics;
         let started = Instant::now();
         let mut sent = 0u64;
@@ -128,8 +138,8 @@ impl Bench {
                 &mut rng,
                 self.ratios,
                 &self.tables,
-                &format!("b-{n}"),
-                n as i64,
+                &format!("{prefix}-{n}"),
+                cart_base + n as i64,
             )?;
             let key = mixed.checkout.order_id.to_string();
             let payloads = [

@@ -12,6 +12,7 @@ mod harness;
 mod http_load;
 mod load;
 mod report;
+mod streams;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +48,13 @@ pub struct Options {
     /// Checkouts for the database-ceiling baseline (the naive one uses a fifth).
     #[arg(long, default_value_t = 20_000)]
     pub baseline_events: u64,
+    /// Live streams held open on the worker in the streams phase (0 skips it).
+    #[arg(long, default_value_t = 10_000)]
+    pub sse_subscribers: u64,
+    /// Checkouts of the mix in each of the streams phase's two throughput
+    /// bursts (without and with the subscribers attached).
+    #[arg(long, default_value_t = 20_000)]
+    pub sse_checkouts: u64,
     /// Print the result as JSON as well.
     #[arg(long)]
     pub json: bool,

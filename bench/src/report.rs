@@ -31,6 +31,26 @@ pub struct Report {
     pub worker_rss_end_mb: f64,
     /// Messages per committed transaction in the throughput phase, by topic.
     pub mean_batch_size: Vec<(String, f64)>,
+    /// The streams phase (none when `--sse-subscribers 0`).
+    pub sse_subscribers: u64,
+    pub sse_rss_before_mb: f64,
+    pub sse_rss_idle_mb: f64,
+    pub sse_kb_per_connection: f64,
+    pub sse_events_sent: u64,
+    pub sse_events_received: u64,
+    pub sse_snapshots_received: u64,
+    /// The event's `occurred_at` (set while its batch is applied) → parsed
+    /// by a client of the benchmark.
+    pub sse_latency_p50_ms: f64,
+    pub sse_latency_p99_ms: f64,
+    pub sse_latency_max_ms: f64,
+    /// The worker's feed write → send histogram over the same events.
+    pub sse_server_p50_ms: f64,
+    pub sse_server_p99_ms: f64,
+    pub sse_throughput_without: f64,
+    pub sse_throughput_with: f64,
+    pub sse_throughput_ratio: f64,
+    pub sse_streams_dropped: u64,
 }
 
 /// One route under closed-loop load: `connections` clients, each sending its
@@ -65,6 +85,9 @@ impl Report {
     pub fn print_table(&self) {
         let mut rows = self.throughput_rows();
         rows.extend(self.latency_and_memory_rows());
+        if self.sse_subscribers > 0 {
+            rows.extend(self.stream_rows());
+        }
         rows.extend(self.http.iter().map(|run| {
             let errors = match run.errors {
                 0 => String::new(),
@@ -132,6 +155,50 @@ impl Report {
                     .map(|(t, n)| format!("{} {n}", short_topic(t)))
                     .collect::<Vec<_>>()
                     .join(", "),
+            ),
+        ]
+    }
+
+    fn stream_rows(&self) -> Vec<(String, String)> {
+        let n = self.sse_subscribers;
+        vec![
+            (
+                format!("SSE: worker RSS, 0 → {n} idle streams"),
+                format!(
+                    "{:.1} MB → {:.1} MB ({:.1} KB per stream)",
+                    self.sse_rss_before_mb, self.sse_rss_idle_mb, self.sse_kb_per_connection
+                ),
+            ),
+            (
+                format!("SSE: applied → received by {n} subscribers"),
+                format!(
+                    "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} events received of {} produced{})",
+                    self.sse_latency_p50_ms,
+                    self.sse_latency_p99_ms,
+                    self.sse_latency_max_ms,
+                    self.sse_events_received,
+                    self.sse_events_sent,
+                    match self.sse_streams_dropped {
+                        0 => String::new(),
+                        d => format!(", {d} streams dropped"),
+                    }
+                ),
+            ),
+            (
+                "SSE: feed write → send (worker's histogram)".into(),
+                format!(
+                    "p50 {:.1} ms, p99 {:.1} ms",
+                    self.sse_server_p50_ms, self.sse_server_p99_ms
+                ),
+            ),
+            (
+                format!("SSE: throughput without → with {n} streams attached"),
+                format!(
+                    "{:.0} → {:.0} events/s ({:+.1} %)",
+                    self.sse_throughput_without,
+                    self.sse_throughput_with,
+                    (self.sse_throughput_ratio - 1.0) * 100.0
+                ),
             ),
         ]
     }

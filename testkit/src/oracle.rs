@@ -9,6 +9,9 @@
 //!    contents, and no refund was announced twice.
 //! 4. Per order, the status-changing events on `order-events`, in topic order
 //!    (first occurrence of each event id), follow the status history.
+//! 5. The order feed (what live streams replay) holds every order event of
+//!    the outbox once, with the same body, each order's in outbox order, and
+//!    each user's cursors are 1, 2, 3… without a hole.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -64,7 +67,67 @@ pub async fn check(
     check_inbox(pool, mix, &mut findings).await?;
     check_order_events(pool, settings, &mut findings).await?;
     check_dead_letters(settings, poison, &mut findings).await?;
+    check_feed(pool, settings, &mut findings).await?;
     Ok(findings)
+}
+
+/// Check 5: the order feed against the outbox.
+async fn check_feed(pool: &PgPool, settings: &Settings, f: &mut Findings) -> anyhow::Result<()> {
+    let outbox: Vec<(Vec<u8>,)> = sqlx::query_as(
+        "SELECT payload FROM outbox WHERE topic = $1 AND kind = 'order_event' ORDER BY id",
+    )
+    .bind(&settings.topics.order_events)
+    .fetch_all(pool)
+    .await?;
+    let feed: Vec<(i64, i64, String, String)> = sqlx::query_as(
+        "SELECT user_id, seq, order_id, body::text FROM order_feed ORDER BY user_id, seq",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut last_seq: HashMap<i64, i64> = HashMap::new();
+    let mut in_feed: HashMap<String, serde_json::Value> = HashMap::new();
+    let mut feed_order: HashMap<String, Vec<String>> = HashMap::new();
+    for (user, seq, order, body) in feed {
+        let last = last_seq.insert(user, seq).unwrap_or(0);
+        if seq != last + 1 {
+            f.mismatch(format!("feed of user {user}: cursor {seq} after {last}"));
+        }
+        let body: serde_json::Value = serde_json::from_str(&body)?;
+        let id = body["event_id"].as_str().unwrap_or_default().to_owned();
+        feed_order.entry(order).or_default().push(id.clone());
+        if in_feed.insert(id.clone(), body).is_some() {
+            f.mismatch(format!("event {id} twice in the feed"));
+        }
+    }
+    let mut outbox_order: HashMap<String, Vec<String>> = HashMap::new();
+    for (payload,) in &outbox {
+        let event: serde_json::Value = serde_json::from_slice(payload)?;
+        let id = event["event_id"].as_str().unwrap_or_default().to_owned();
+        let order = event["order_id"].as_str().unwrap_or_default().to_owned();
+        match in_feed.get(&id) {
+            Some(body) if *body == event => {}
+            Some(_) => f.mismatch(format!(
+                "event {id}: the feed's body differs from the outbox's"
+            )),
+            None => f.mismatch(format!("event {id} of order {order} missing from the feed")),
+        }
+        outbox_order.entry(order).or_default().push(id);
+    }
+    for (order, ids) in &outbox_order {
+        if feed_order.get(order) != Some(ids) {
+            f.mismatch(format!(
+                "order {order}: feed order differs from the outbox's"
+            ));
+        }
+    }
+    if in_feed.len() != outbox.len() {
+        f.mismatch(format!(
+            "{} events in the feed, {} in the outbox",
+            in_feed.len(),
+            outbox.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Statuses, payments and refunds of every order against the model.

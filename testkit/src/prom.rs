@@ -38,8 +38,17 @@ pub struct Histogram {
 impl Histogram {
     /// The `name` histogram of `topic` from a /metrics page.
     pub fn parse(page: &str, name: &str, topic: &str) -> Histogram {
+        Self::parse_series(page, name, Some(topic))
+    }
+
+    /// The `name` histogram of a metric without a topic label.
+    pub fn parse_unlabelled(page: &str, name: &str) -> Histogram {
+        Self::parse_series(page, name, None)
+    }
+
+    fn parse_series(page: &str, name: &str, topic: Option<&str>) -> Histogram {
         let mut buckets: Vec<(f64, u64)> = samples(page, &format!("{name}_bucket"))
-            .filter(|(labels, _)| label(labels, "topic") == Some(topic))
+            .filter(|(labels, _)| label(labels, "topic") == topic)
             .filter_map(|(labels, count)| {
                 let le = match label(labels, "le")? {
                     "+Inf" => f64::INFINITY,
