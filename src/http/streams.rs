@@ -117,6 +117,7 @@ pub async fn order_events(
     };
     if !started {
         if !params.wait {
+            stream.slot.ending(None); // never streamed: not a disconnect
             return Err(ApiError::NotFound(format!("order {order_id} not found")));
         }
         stream.waiting = true;

@@ -14,6 +14,8 @@ use crate::telemetry::Metrics;
 pub struct Hub {
     subscribers: Mutex<HashMap<Target, Vec<Subscriber>>>,
     next_id: AtomicU64,
+    /// Subscriptions ever made (the tailer's idle shortcut checks it).
+    registrations: AtomicU64,
     open: AtomicUsize,
     max_open: usize,
     buffer: usize,
@@ -39,6 +41,7 @@ impl Hub {
         Hub {
             subscribers: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
+            registrations: AtomicU64::new(0),
             open: AtomicUsize::new(0),
             max_open,
             buffer,
@@ -120,6 +123,11 @@ impl Hub {
                 }
             }
         }
+    }
+
+    /// Subscriptions made so far.
+    pub fn registrations(&self) -> u64 {
+        self.registrations.load(Ordering::SeqCst)
     }
 
     /// Counts a read of the feed.

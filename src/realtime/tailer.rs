@@ -51,7 +51,19 @@ pub async fn tailer(
             }
             continue;
         };
-        match feed::tail(&pool, since).await {
+        // With no subscriber, only the horizon moves: whoever subscribes
+        // later reads the database after subscribing, which covers what
+        // this read skipped. One who subscribes during it makes it count
+        // for nothing, and the rows are read again.
+        let registrations = hub.registrations();
+        let idle = hub.subscribers() == 0;
+        let read = if idle {
+            feed::horizon(&pool).await.map(|h| (Vec::new(), h))
+        } else {
+            feed::tail(&pool, since).await
+        };
+        match read {
+            Ok(_) if idle && hub.registrations() != registrations => continue,
             Ok((rows, next)) => {
                 hub.metrics_read();
                 horizon = Some(next);

@@ -320,6 +320,7 @@ async fn a_subscriber_that_cannot_keep_up_is_cut_off_and_others_are_not() {
             assert_eq!(cursor(&e), received, "{e:?}");
         }
     }
+    eprintln!("the slow subscriber was cut off after {produced} events");
     // Its place in the hub is gone (memory bounded by the buffer it had).
     env.produce_checkout(&checkout("sse-b1", 96_001, 991)).await;
     assert_eq!(next(&mut bystander).await.event, "OrderCreated");
