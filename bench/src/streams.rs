@@ -289,14 +289,9 @@ async fn subscriber(
                     continue;
                 }
                 r.events += 1;
-                let occurred = event.json()["occurred_at"]
-                    .as_str()
-                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-                if let Some(at) = occurred {
-                    let ms = (now - at.with_timezone(&chrono::Utc))
-                        .num_microseconds()
-                        .unwrap_or(0) as f64
-                        / 1000.0;
+                // Epoch milliseconds, as on order-events.
+                if let Some(at) = event.json()["occurred_at"].as_i64() {
+                    let ms = (now.timestamp_micros() - at * 1000) as f64 / 1000.0;
                     r.latencies_ms.push(ms);
                 }
             }

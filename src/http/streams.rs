@@ -264,8 +264,10 @@ impl Live {
             if let Some(event) = self.queue.pop_front() {
                 return Some(event);
             }
+            // Database calls are boxed: an idle stream's future stays as
+            // small as its wait on the subscription (memory per stream).
             if self.replaying {
-                if let Err(e) = self.replay_page().await {
+                if let Err(e) = Box::pin(self.replay_page()).await {
                     tracing::warn!(error = %e, "live stream: replay failed; closing it");
                     self.slot.ending(Some("error"));
                     return None;
@@ -288,7 +290,7 @@ impl Live {
                 });
                 return None;
             };
-            if let Err(e) = self.live_row(&row).await {
+            if let Err(e) = Box::pin(self.live_row(&row)).await {
                 tracing::warn!(error = %e, "live stream: read failed; closing it");
                 self.slot.ending(Some("error"));
                 return None;
