@@ -153,6 +153,14 @@ impl Bench {
         self.worker.as_ref().map_or(0.0, |w| w.rss_mb().0)
     }
 
+    async fn worker_metrics(&self) -> anyhow::Result<String> {
+        self.worker
+            .as_ref()
+            .context("no worker")?
+            .metrics_page()
+            .await
+    }
+
     fn worker_base(&self) -> anyhow::Result<String> {
         Ok(self.worker.as_ref().context("no worker")?.base.clone())
     }
@@ -160,12 +168,7 @@ impl Bench {
     async fn wait_connections(&self, n: u64) -> anyhow::Result<()> {
         let started = Instant::now();
         loop {
-            let page = self
-                .worker
-                .as_ref()
-                .context("no worker")?
-                .metrics_page()
-                .await?;
+            let page = self.worker_metrics().await?;
             let open = prom::sum(&page, "orderflow_sse_connections", &[]);
             if open as u64 >= n {
                 return Ok(());
@@ -178,12 +181,7 @@ impl Bench {
     }
 
     async fn sse_histogram(&self) -> anyhow::Result<Histogram> {
-        let page = self
-            .worker
-            .as_ref()
-            .context("no worker")?
-            .metrics_page()
-            .await?;
+        let page = self.worker_metrics().await?;
         Ok(Histogram::parse_unlabelled(
             &page,
             "orderflow_sse_commit_to_send_seconds",

@@ -203,6 +203,11 @@ impl Live {
         let Some((json, cursor)) = snapshot else {
             return Ok(false);
         };
+        self.push_snapshot(json, cursor);
+        Ok(true)
+    }
+
+    fn push_snapshot(&mut self, json: String, cursor: i64) {
         self.last = cursor;
         self.queue.push_back(
             Event::default()
@@ -211,7 +216,6 @@ impl Live {
                 .data(json),
         );
         self.metrics.sse_event_sent(None);
-        Ok(true)
     }
 
     /// Queues the events after `cursor`, or a snapshot when the feed no
@@ -305,14 +309,7 @@ impl Live {
             if let Target::Order(order_id) = &self.target {
                 if let Some((json, cursor)) = feed::order_snapshot(&self.pool, order_id).await? {
                     self.waiting = false;
-                    self.last = cursor;
-                    self.queue.push_back(
-                        Event::default()
-                            .event("snapshot")
-                            .id(cursor.to_string())
-                            .data(json),
-                    );
-                    self.metrics.sse_event_sent(None);
+                    self.push_snapshot(json, cursor);
                 }
             }
             return Ok(());

@@ -42,11 +42,9 @@ pub async fn tailer(
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "order feed: cannot read the database; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(retry) => {}
+                    if !back_off(&shutdown, &mut retry).await {
+                        return Ok(());
                     }
-                    retry = (retry * 2).min(Duration::from_secs(5));
                 }
             }
             continue;
@@ -71,11 +69,9 @@ pub async fn tailer(
             }
             Err(e) => {
                 tracing::warn!(error = %e, "order feed: read failed; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(retry) => {}
+                if !back_off(&shutdown, &mut retry).await {
+                    return Ok(());
                 }
-                retry = (retry * 2).min(Duration::from_secs(5));
                 continue;
             }
         }
@@ -99,6 +95,16 @@ pub async fn tailer(
             }
         }
     }
+}
+
+/// Waits `retry` (doubling it, up to 5 s); `false` when shut down meanwhile.
+async fn back_off(shutdown: &CancellationToken, retry: &mut Duration) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => return false,
+        _ = tokio::time::sleep(*retry) => {}
+    }
+    *retry = (*retry * 2).min(Duration::from_secs(5));
+    true
 }
 
 async fn listen(pool: &PgPool) -> Option<PgListener> {
