@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::feed::{FeedRow, Target};
+use crate::store::feed::{FeedKey, FeedRow, Target};
 use crate::telemetry::Metrics;
 
 pub struct Hub {
@@ -87,6 +87,22 @@ impl Hub {
             target,
             id,
         }
+    }
+
+    /// The keys whose order or user has a subscriber now. One who
+    /// subscribes later reads the database after subscribing, which holds
+    /// every key already tailed.
+    pub fn followed<'k>(&self, keys: &'k [FeedKey]) -> Vec<&'k FeedKey> {
+        let subscribers = self.lock();
+        if subscribers.is_empty() {
+            return Vec::new();
+        }
+        keys.iter()
+            .filter(|k| {
+                subscribers.contains_key(&Target::User(k.user_id))
+                    || subscribers.contains_key(&Target::Order(k.order_id.clone()))
+            })
+            .collect()
     }
 
     /// Hands each row to the subscribers of its order and of its user.

@@ -25,7 +25,7 @@ pub use tailer::tailer;
 
 use std::sync::Arc;
 
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -33,20 +33,33 @@ use crate::store::feed;
 
 /// Sends `NOTIFY orderflow_feed` each time `wakeup` fires (after a batch
 /// commits), at most one in flight: commits during a send make one more.
-/// Failures are logged and dropped; the tailers' periodic read covers them.
+/// On a connection of its own, so it never waits behind batches for the
+/// pool. Failures are logged and dropped; the tailers' periodic read covers
+/// them.
 pub async fn notifier(
     pool: PgPool,
     wakeup: Arc<Notify>,
     instance_id: String,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut conn: Option<PgConnection> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = wakeup.notified() => {}
         }
-        if let Err(e) = feed::notify(&pool, &instance_id).await {
+        if conn.is_none() {
+            conn = PgConnection::connect_with(&pool.connect_options())
+                .await
+                .inspect_err(
+                    |e| tracing::debug!(error = %e, "order feed: cannot connect to notify"),
+                )
+                .ok();
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        if let Err(e) = feed::notify(&mut *c, &instance_id).await {
             tracing::debug!(error = %e, "could not notify the order feed's listeners");
+            conn = None;
         }
     }
 }

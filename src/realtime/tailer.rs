@@ -19,6 +19,13 @@ const FALLBACK_READ: Duration = Duration::from_secs(1);
 /// dispatches what committed since the last read, until `shutdown`. Never
 /// fails: a database that is down is retried, and the first read after it
 /// returns delivers what committed meanwhile.
+///
+/// It reads on its listening connection, never waiting for the pool that
+/// batches and HTTP share; first the keys of what committed, then the
+/// bodies of only the rows someone here follows. With no subscriber, only
+/// the horizon moves. Skipping is safe because a subscriber subscribes
+/// first and reads the database after, and that read holds everything
+/// committed before the tail read that skipped it.
 pub async fn tailer(
     pool: PgPool,
     hub: Arc<Hub>,
@@ -31,17 +38,11 @@ pub async fn tailer(
         if shutdown.is_cancelled() {
             return Ok(());
         }
-        if listener.is_none() {
-            listener = listen(&pool).await;
-        }
-        let Some(since) = &horizon else {
-            match feed::horizon(&pool).await {
-                Ok(h) => {
-                    horizon = Some(h);
-                    retry = Duration::from_millis(100);
-                }
+        let Some(conn) = listener.as_mut() else {
+            match listen(&pool).await {
+                Ok(l) => listener = Some(l),
                 Err(e) => {
-                    tracing::warn!(error = %e, "order feed: cannot read the database; retrying");
+                    tracing::warn!(error = %e, "order feed: cannot listen; retrying");
                     if !back_off(&shutdown, &mut retry).await {
                         return Ok(());
                     }
@@ -49,45 +50,38 @@ pub async fn tailer(
             }
             continue;
         };
-        // With no subscriber, only the horizon moves: whoever subscribes
-        // later reads the database after subscribing, which covers what
-        // this read skipped. One who subscribes during it makes it count
-        // for nothing, and the rows are read again.
-        let registrations = hub.registrations();
-        let idle = hub.subscribers() == 0;
-        let read = if idle {
-            feed::horizon(&pool).await.map(|h| (Vec::new(), h))
-        } else {
-            feed::tail(&pool, since).await
+        let read = match &horizon {
+            None => feed::horizon(&mut *conn)
+                .await
+                .map(|h| Some((Vec::new(), h))),
+            Some(since) => read_once(conn, &hub, since).await,
         };
         match read {
-            Ok(_) if idle && hub.registrations() != registrations => continue,
-            Ok((rows, next)) => {
+            Ok(None) => continue, // someone subscribed during the read: again
+            Ok(Some((rows, next))) => {
                 hub.metrics_read();
                 horizon = Some(next);
                 hub.dispatch(rows);
+                retry = Duration::from_millis(100);
             }
             Err(e) => {
-                tracing::warn!(error = %e, "order feed: read failed; retrying");
+                tracing::warn!(error = %e, "order feed: read failed; reconnecting");
+                listener = None;
                 if !back_off(&shutdown, &mut retry).await {
                     return Ok(());
                 }
                 continue;
             }
         }
-        retry = Duration::from_millis(100);
-        let notified = async {
-            match listener.as_mut() {
-                Some(l) => l.try_recv().await.map(|_| ()),
-                None => std::future::pending().await,
-            }
+        let Some(conn) = listener.as_mut() else {
+            continue;
         };
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(FALLBACK_READ) => {}
-            received = notified => {
-                // Ok(None) means the connection dropped and will reconnect:
-                // read anyway, something may have been missed.
+            received = conn.try_recv() => {
+                // Ok(None): the connection dropped and reconnects; read
+                // anyway, something may have been missed.
                 if let Err(e) = received {
                     tracing::debug!(error = %e, "order feed: listener failed; reconnecting");
                     listener = None;
@@ -95,6 +89,25 @@ pub async fn tailer(
             }
         }
     }
+}
+
+/// One read: what committed since `since`, with bodies for the followed
+/// rows; `None` when a subscription arrived during an idle read (whose rows
+/// were not fetched), so the caller reads again from the same horizon.
+async fn read_once(
+    conn: &mut PgListener,
+    hub: &Hub,
+    since: &Horizon,
+) -> sqlx::Result<Option<(Vec<feed::FeedRow>, Horizon)>> {
+    let registrations = hub.registrations();
+    if hub.subscribers() == 0 {
+        let next = feed::horizon(&mut *conn).await?;
+        return Ok((hub.registrations() == registrations).then(|| (Vec::new(), next)));
+    }
+    let (keys, next) = feed::tail(&mut *conn, since).await?;
+    let followed = hub.followed(&keys);
+    let rows = feed::rows(&mut *conn, &followed).await?;
+    Ok(Some((rows, next)))
 }
 
 /// Waits `retry` (doubling it, up to 5 s); `false` when shut down meanwhile.
@@ -107,15 +120,8 @@ async fn back_off(shutdown: &CancellationToken, retry: &mut Duration) -> bool {
     true
 }
 
-async fn listen(pool: &PgPool) -> Option<PgListener> {
-    let mut listener = PgListener::connect_with(pool)
-        .await
-        .inspect_err(|e| tracing::debug!(error = %e, "order feed: cannot listen"))
-        .ok()?;
-    listener
-        .listen(feed::CHANNEL)
-        .await
-        .inspect_err(|e| tracing::debug!(error = %e, "order feed: cannot listen"))
-        .ok()?;
-    Some(listener)
+async fn listen(pool: &PgPool) -> sqlx::Result<PgListener> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(feed::CHANNEL).await?;
+    Ok(listener)
 }

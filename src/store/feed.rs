@@ -109,56 +109,81 @@ impl Horizon {
 }
 
 /// Now: a tailer starting here sees what commits from now on.
-pub async fn horizon(pool: &PgPool) -> sqlx::Result<Horizon> {
+pub async fn horizon<'e>(db: impl PgExecutor<'e>) -> sqlx::Result<Horizon> {
     let text: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
-        .fetch_one(pool)
+        .fetch_one(db)
         .await?;
     Horizon::parse(&text).ok_or_else(|| sqlx::Error::Protocol(format!("bad snapshot {text:?}")))
+}
+
+/// Where a feed row is, and whose it is: what the tailer reads first, to
+/// fetch bodies only of the rows someone on this instance follows.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct FeedKey {
+    pub user_id: i64,
+    pub seq: i64,
+    pub order_id: String,
 }
 
 /// The rows that committed since `since`, and the new horizon. Rows and
 /// horizon come from one statement, so one snapshot: a transaction still
 /// running now is in the new horizon's `xip` (or at or above its `xmax`)
 /// and is read next time, and nothing is read twice.
-pub async fn tail(pool: &PgPool, since: &Horizon) -> sqlx::Result<(Vec<FeedRow>, Horizon)> {
+pub async fn tail<'e>(
+    db: impl PgExecutor<'e>,
+    since: &Horizon,
+) -> sqlx::Result<(Vec<FeedKey>, Horizon)> {
     #[derive(sqlx::FromRow)]
     struct Tailed {
         snapshot: String,
         user_id: Option<i64>,
         seq: Option<i64>,
         order_id: Option<String>,
-        event_type: Option<String>,
-        body: Option<String>,
-        created_at: Option<DateTime<Utc>>,
     }
     let tailed: Vec<Tailed> = sqlx::query_as(
         "WITH s AS (SELECT pg_current_snapshot()::text AS snapshot)
-         SELECT s.snapshot, f.user_id, f.seq, f.order_id, f.event_type, f.body::text AS body, f.created_at
+         SELECT s.snapshot, f.user_id, f.seq, f.order_id
          FROM s LEFT JOIN order_feed f
            ON f.xid >= $1::text::xid8 OR f.xid = ANY($2::text[]::xid8[])
          ORDER BY f.user_id, f.seq",
     )
     .bind(&since.xmax)
     .bind(&since.xip)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await?;
     let snapshot = tailed.first().map(|t| t.snapshot.as_str()).unwrap_or("");
     let horizon = Horizon::parse(snapshot)
         .ok_or_else(|| sqlx::Error::Protocol(format!("bad snapshot {snapshot:?}")))?;
-    let rows = tailed
+    let keys = tailed
         .into_iter()
         .filter_map(|t| {
-            Some(FeedRow {
+            Some(FeedKey {
                 user_id: t.user_id?,
                 seq: t.seq?,
                 order_id: t.order_id?,
-                event_type: t.event_type?,
-                body: t.body?,
-                created_at: t.created_at?,
             })
         })
         .collect();
-    Ok((rows, horizon))
+    Ok((keys, horizon))
+}
+
+/// The rows at `keys`, in (user, seq) order.
+pub async fn rows<'e>(db: impl PgExecutor<'e>, keys: &[&FeedKey]) -> sqlx::Result<Vec<FeedRow>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let users: Vec<i64> = keys.iter().map(|k| k.user_id).collect();
+    let seqs: Vec<i64> = keys.iter().map(|k| k.seq).collect();
+    sqlx::query_as(
+        "SELECT f.user_id, f.seq, f.order_id, f.event_type, f.body::text AS body, f.created_at
+         FROM unnest($1::bigint[], $2::bigint[]) AS k(user_id, seq)
+         JOIN order_feed f USING (user_id, seq)
+         ORDER BY f.user_id, f.seq",
+    )
+    .bind(&users)
+    .bind(&seqs)
+    .fetch_all(db)
+    .await
 }
 
 /// What a stream follows.
@@ -289,11 +314,11 @@ pub async fn purge(pool: &PgPool, retention: Duration, limit: i64) -> sqlx::Resu
 }
 
 /// Tells every listening instance that the feed grew.
-pub async fn notify(pool: &PgPool, from: &str) -> sqlx::Result<()> {
+pub async fn notify<'e>(db: impl PgExecutor<'e>, from: &str) -> sqlx::Result<()> {
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(CHANNEL)
         .bind(from)
-        .execute(pool)
+        .execute(db)
         .await?;
     Ok(())
 }
