@@ -213,13 +213,8 @@ async fn serve_http(
         .local_addr()
         .context("failed to read the bound address")?;
     running.spawn_rest("http server", move |stop| async move {
-        // into_make_service: each connection gets a clone of the router (a
-        // reference count), not a rebuild of every route (~5 KB each,
-        // which counts with thousands of idle live streams).
-        axum::serve(listener, crate::http::router(state).into_make_service())
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-            .context("HTTP server failed")
+        crate::http::serve(listener, crate::http::router(state), stop).await;
+        Ok(())
     });
     info!(addr = %bound, "HTTP listening");
     Ok(bound)

@@ -9,7 +9,10 @@
 //! 4xx for bad requests and unknown ids, 503 when the database is down.
 
 mod orders;
+mod serve;
 mod streams;
+
+pub use serve::serve;
 
 use std::sync::Arc;
 use std::time::Instant;
