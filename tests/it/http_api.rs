@@ -29,6 +29,14 @@ async fn unknown_orders_and_bad_parameters_get_json_errors() {
         assert_eq!(status, 400, "{bad}");
         assert!(body["error"].is_string(), "{bad}");
     }
+    let oversized = app
+        .http
+        .get(format!("{}/healthz", app.base))
+        .header("x-padding", "a".repeat(10_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(oversized.status().as_u16(), 431, "request heads over 8 KB");
     let (status, body) = app.get("/no/such/route").await;
     assert_eq!(
         (status, body["error"].as_str().unwrap()),
