@@ -88,6 +88,7 @@ pub async fn drive(
     let topics = &settings.topics;
     let mut in_flight: VecDeque<(DeliveryFuture, Input)> = VecDeque::new();
     let mut started = Instant::now();
+    let began = started;
     let mut ticker = tokio::time::interval(Duration::from_millis(10));
     let mut next = 0;
     // Where the rate's clock starts counting, moved on by pauses.
@@ -119,7 +120,15 @@ pub async fn drive(
                 &m.payload,
             )?;
             in_flight.push_back((delivery, m.input));
-            confirm(&mut in_flight, WINDOW, &progress).await?;
+            confirm(&mut in_flight, WINDOW, &progress)
+                .await
+                .with_context(|| {
+                    format!(
+                        "{next} of {} messages sent, {} s into the drive",
+                        messages.len(),
+                        began.elapsed().as_secs()
+                    )
+                })?;
             if let Some(id) = &m.event_id {
                 progress.saw(m.input, id);
             }
