@@ -300,8 +300,7 @@ pub async fn user_snapshot(pool: &PgPool, user_id: i64, limit: i64) -> sqlx::Res
 
 /// Deletes feed rows older than `retention`, at most `limit` at a time.
 pub async fn purge(pool: &PgPool, retention: Duration, limit: i64) -> sqlx::Result<u64> {
-    let cutoff =
-        Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    let cutoff = super::older_than(retention);
     Ok(sqlx::query(
         "DELETE FROM order_feed WHERE (user_id, seq) IN (
              SELECT user_id, seq FROM order_feed WHERE created_at < $1 LIMIT $2)",

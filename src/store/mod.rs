@@ -26,6 +26,11 @@ use std::str::FromStr;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// The instant `retention` ago: rows from before it are purged.
+pub(crate) fn older_than(retention: Duration) -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX)
+}
+
 /// Opens a pool. Connections are made lazily, so a database that is down at
 /// start makes `/readyz` fail rather than the process.
 pub fn pool(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {

@@ -168,8 +168,7 @@ pub async fn backlog(pool: &PgPool) -> sqlx::Result<i64> {
 
 /// Deletes published rows older than `retention`, at most `limit` at a time.
 pub async fn purge(pool: &PgPool, retention: Duration, limit: i64) -> sqlx::Result<u64> {
-    let cutoff =
-        Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    let cutoff = super::older_than(retention);
     Ok(sqlx::query(
         "DELETE FROM outbox WHERE id IN (
              SELECT id FROM outbox WHERE sent_at IS NOT NULL AND sent_at < $1 LIMIT $2)",

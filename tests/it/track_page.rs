@@ -54,15 +54,7 @@ impl Browser {
                          "--window-size=900,900"]
             }
         }}});
-        let created: Value = http
-            .post(format!("{base}/session"))
-            .json(&caps)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let created = post_json(&http, &format!("{base}/session"), &caps).await;
         let session = created["value"]["sessionId"]
             .as_str()
             .unwrap_or_else(|| panic!("no browser session: {created}"))
@@ -76,17 +68,8 @@ impl Browser {
     }
 
     async fn command(&self, path: &str, body: Value) -> Value {
-        let response: Value = self
-            .http
-            .post(format!("{}/session/{}/{path}", self.base, self.session))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        response["value"].clone()
+        let url = format!("{}/session/{}/{path}", self.base, self.session);
+        post_json(&self.http, &url, &body).await["value"].clone()
     }
 
     async fn open(&self, url: &str) {
@@ -162,6 +145,18 @@ impl Browser {
             .await;
         let _ = self.driver.kill().await;
     }
+}
+
+/// A WebDriver call: POST a JSON body, the JSON answer.
+async fn post_json(http: &reqwest::Client, url: &str, body: &Value) -> Value {
+    http.post(url)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 fn free_port() -> u16 {
