@@ -151,6 +151,12 @@ impl Hub {
         self.metrics.feed_read();
     }
 
+    /// Whether anyone is subscribed (the tailer asks on every read, so not
+    /// by counting).
+    pub fn has_subscribers(&self) -> bool {
+        !self.lock().is_empty()
+    }
+
     /// Subscriptions currently registered (for tests and the benchmark).
     pub fn subscribers(&self) -> usize {
         self.lock().values().map(Vec::len).sum()

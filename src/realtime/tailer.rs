@@ -100,7 +100,7 @@ async fn read_once(
     since: &Horizon,
 ) -> sqlx::Result<Option<(Vec<feed::FeedRow>, Horizon)>> {
     let registrations = hub.registrations();
-    if hub.subscribers() == 0 {
+    if !hub.has_subscribers() {
         let next = feed::horizon(&mut *conn).await?;
         return Ok((hub.registrations() == registrations).then(|| (Vec::new(), next)));
     }
