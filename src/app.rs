@@ -17,7 +17,7 @@ use crate::config::Settings;
 use crate::events::Codec;
 use crate::telemetry::Metrics;
 use crate::workers::checkout::CheckoutHandler;
-use crate::workers::consumer::{self, LoopDeps};
+use crate::workers::consumer::{self, Apply, LoopDeps};
 use crate::workers::housekeeping::{Duties, Housekeeping};
 use crate::workers::lifecycle::LifecycleHandler;
 use crate::workers::relay::Relay;
@@ -34,16 +34,20 @@ pub enum Component {
     Cancellations,
     /// The outbox relay (publishes order events and dead letters).
     Relay,
+    /// The analytics loop: rollups of order-events (group
+    /// `<KAFKA_GROUP_ID>.analytics`).
+    Analytics,
     /// The HTTP API, health and metrics.
     Http,
 }
 
 impl Component {
-    pub const ALL: [Component; 5] = [
+    pub const ALL: [Component; 6] = [
         Component::Checkouts,
         Component::PaymentConfirmations,
         Component::Cancellations,
         Component::Relay,
+        Component::Analytics,
         Component::Http,
     ];
 
@@ -136,9 +140,22 @@ pub async fn start(settings: Settings, components: &[Component]) -> anyhow::Resu
             &topics.cancellations,
             LifecycleHandler::cancellations(),
         )
+        .spawn_loop(
+            Component::Analytics,
+            crate::analytics::Analytics::new(&settings, codec.clone()),
+        )
         .started;
 
-    if !started.is_empty() {
+    if components.contains(&Component::Analytics) {
+        let (pool, retention) = (pool.clone(), settings.analytics.dedupe_retention);
+        running.spawn_rest("analytics dedupe purge", move |stop| {
+            crate::analytics::consumer::purge_seen(pool, retention, stop)
+        });
+    }
+    let input_loops = started
+        .iter()
+        .any(|topic| topic != &settings.topics.order_events);
+    if input_loops {
         let (pool, id) = (pool.clone(), settings.instance_id.clone());
         running.spawn_rest("feed notifier", |stop| {
             crate::realtime::notifier(pool, feed_wakeup, id, stop)
@@ -244,26 +261,32 @@ struct Loops<'a> {
 }
 
 impl Loops<'_> {
-    /// Spawns the loop of `topic` with `handler` if `component` was asked for.
-    fn spawn<H: Handler>(mut self, component: Component, topic: &str, handler: H) -> Self {
+    /// Spawns the loop of input `topic` with `handler` if `component` was
+    /// asked for.
+    fn spawn<H: Handler>(self, component: Component, topic: &str, handler: H) -> Self {
+        if !self.wanted.contains(&component) {
+            return self;
+        }
+        let order_events = &self.deps.settings.topics.order_events;
+        let applier = Applier::new(handler, self.codec.clone(), topic, order_events)
+            .with_clock(self.deps.settings.clock.clone());
+        self.spawn_loop(component, applier)
+    }
+
+    /// Spawns a consumer loop driving `applier` if `component` was asked for.
+    fn spawn_loop<A: Apply>(mut self, component: Component, applier: A) -> Self {
         if self.wanted.contains(&component) {
-            let order_events = &self.deps.settings.topics.order_events;
-            let applier = Arc::new(Applier::new(
-                handler,
-                self.codec.clone(),
-                topic,
-                order_events,
-            ));
+            let topic = applier.topic().to_owned();
             let run = consumer::run(
                 self.deps.clone(),
-                applier,
+                Arc::new(applier),
                 self.running.consumers_stop.clone(),
             );
-            let name = format!("{topic} consumer");
+            let name = format!("{component:?} consumer ({topic})");
             self.running
                 .consumers
                 .spawn(supervise(name, self.running.rest_stop.clone(), run));
-            self.started.push(topic.to_owned());
+            self.started.push(topic);
         }
         self
     }

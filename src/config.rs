@@ -45,7 +45,14 @@ impl Topics {
             ("cancellations", self.cancellations.clone()),
             ("cancellations.dlq", Self::dlq(&self.cancellations)),
             ("order-events", self.order_events.clone()),
+            ("order-events.analytics.dlq", self.analytics_dlq()),
         ])
+    }
+
+    /// Where the analytics loop dead-letters the `order-events` it cannot
+    /// read: `<order-events>.analytics.dlq`.
+    pub fn analytics_dlq(&self) -> String {
+        format!("{}.analytics.dlq", self.order_events)
     }
 
     /// Each name with the environment variable that sets it, e.g. to start
@@ -122,6 +129,11 @@ pub struct Settings {
     pub group_repair_after: Option<Duration>,
     /// Live order streams (server-sent events).
     pub streams: StreamSettings,
+    /// Analytics (`ANALYTICS_*`).
+    pub analytics: AnalyticsSettings,
+    /// What batches stamp their writes and events with (not configurable:
+    /// the system clock; tests move it).
+    pub clock: crate::clock::Clock,
 }
 
 /// Live order streams: `SSE_*` and `FEED_RETENTION_SECS`.
@@ -136,6 +148,16 @@ pub struct StreamSettings {
     pub buffer: usize,
     /// How long the order feed keeps events for resuming streams.
     pub feed_retention: Duration,
+}
+
+/// The analytics loop: `ANALYTICS_*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnalyticsSettings {
+    /// How long the ids of counted `order-events` are remembered. An event
+    /// read again later than this (a replay of the topic from further back)
+    /// would be counted again, so it must exceed `order-events`' retention
+    /// (7 days in `topics/order-events.toml`).
+    pub dedupe_retention: Duration,
 }
 
 /// `<host>-<pid>-<4 hex digits>`: unique per process, readable in logs.
@@ -188,6 +210,7 @@ impl std::fmt::Debug for Settings {
             .field("relay_lease", &self.relay_lease)
             .field("group_repair_after", &self.group_repair_after)
             .field("streams", &self.streams)
+            .field("analytics", &self.analytics)
             .finish()
     }
 }
@@ -305,6 +328,14 @@ impl Settings {
                     7 * 86_400,
                 )?),
             },
+            analytics: AnalyticsSettings {
+                dedupe_retention: Duration::from_secs(parse(
+                    &lookup,
+                    "ANALYTICS_DEDUPE_RETENTION_SECS",
+                    8 * 86_400,
+                )?),
+            },
+            clock: crate::clock::Clock::default(),
         };
         settings.check()?;
         Ok(settings)

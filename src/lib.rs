@@ -2,7 +2,8 @@
 //! and on `order-events`, out.
 //!
 //! Component map:
-//! - [`config`]: settings from the environment, checked at start.
+//! - [`config`]: settings from the environment, checked at start;
+//!   [`clock`]: the instant a batch stamps on what it writes and announces.
 //! - [`domain`]: pure rules — ids, money, currencies, pricing, statuses, the
 //!   order state machine.
 //! - [`events`]: wire types, Avro schemas, the dead-letter format and the
@@ -26,7 +27,9 @@
 //! `produce`, `schemas` → `app` → `main`. The benchmark is a separate crate
 //! (`bench/`) and shares the "fresh world" kit (`testkit/`) with the tests.
 
+pub mod analytics;
 pub mod app;
+pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod events;

@@ -248,6 +248,8 @@ struct OrdersMetrics {
     transitions: IntCounterVec,
     refunds: IntCounterVec,
     refunded_minor: IntCounterVec,
+    created: IntCounterVec,
+    revenue_minor: IntCounterVec,
     payments_rejected: IntCounter,
     unparked: IntCounter,
     parked: IntGauge,
@@ -272,6 +274,16 @@ impl OrdersMetrics {
             refunded_minor: r.counters(
                 "refunds_requested_minor_units_total",
                 "Amount of refunds requested, in minor units",
+                &["currency"],
+            ),
+            created: r.counters(
+                "orders_created_total",
+                "Orders created (priced, not rejected), by currency",
+                &["currency"],
+            ),
+            revenue_minor: r.counters(
+                "revenue_minor_units_total",
+                "Gross revenue: amounts of the payments that paid orders, in minor units",
                 &["currency"],
             ),
             payments_rejected: r.counter(
@@ -380,6 +392,19 @@ impl Metrics {
         self.orders.refunds.with_label_values(&[currency]).inc();
         self.orders
             .refunded_minor
+            .with_label_values(&[currency])
+            .inc_by(u64::try_from(amount_minor).unwrap_or(0));
+    }
+
+    /// An order was created in `currency`.
+    pub fn order_created(&self, currency: &str) {
+        self.orders.created.with_label_values(&[currency]).inc();
+    }
+
+    /// An order was paid `amount_minor`.
+    pub fn revenue(&self, currency: &str, amount_minor: i64) {
+        self.orders
+            .revenue_minor
             .with_label_values(&[currency])
             .inc_by(u64::try_from(amount_minor).unwrap_or(0));
     }

@@ -152,6 +152,33 @@ pub fn order_event_value(event: &OrderEvent) -> anyhow::Result<Value> {
     Ok(Value::Record(fields))
 }
 
+/// The inverse of [`order_event_value`], on the JSON form of a decoded
+/// envelope ([`to_json`]): the common fields plus the fields of the variant
+/// that `event_type` names, as the flat JSON that `OrderEvent` reads.
+pub fn order_event_from_envelope(mut envelope: Json) -> Result<OrderEvent, String> {
+    let object = envelope
+        .as_object_mut()
+        .ok_or("the envelope is not a record")?;
+    let event_type = object
+        .get("event_type")
+        .and_then(Json::as_str)
+        .ok_or("event_type is missing")?
+        .to_owned();
+    let variant = snake_case(&event_type);
+    let body = match object.remove(&variant) {
+        Some(Json::Object(body)) => body,
+        _ => {
+            return Err(format!(
+                "event_type {event_type} but field {variant} is not set"
+            ))
+        }
+    };
+    // Every variant field (set or null) goes; the body's fields come up.
+    object.retain(|_, v| !v.is_object() && !v.is_null());
+    object.extend(body);
+    serde_json::from_value(envelope).map_err(|e| e.to_string())
+}
+
 /// A record of longs and strings, in schema field order, from a JSON object.
 fn record_from_json(schema: &Schema, json: &Json) -> anyhow::Result<Value> {
     let Schema::Record(record) = schema else {
@@ -255,7 +282,8 @@ mod tests {
         for body in bodies {
             let cause = EventId::parse("cause").unwrap();
             let order = OrderId::parse("o-1").unwrap();
-            let event = OrderEvent::new(&cause, &order, OrderStatus::Paid, body);
+            let at = crate::clock::Clock::default().now();
+            let event = OrderEvent::new(&cause, &order, OrderStatus::Paid, at, body);
             let value = order_event_value(&event).unwrap();
             assert!(
                 value.validate(&ORDER_EVENT),
@@ -265,6 +293,11 @@ mod tests {
             let bytes = write_datum(&ORDER_EVENT, value).unwrap();
             let back = read_datum(&ORDER_EVENT, &bytes).unwrap();
             let json = to_json(back);
+            assert_eq!(
+                order_event_from_envelope(json.clone()).as_ref(),
+                Ok(&event),
+                "the envelope reads back as the event"
+            );
             assert_eq!(json["event_type"], event.event_type());
             assert_eq!(json["occurred_at"], event.occurred_at.timestamp_millis());
             // The variant carries exactly the body's fields; the others are null.

@@ -3,7 +3,8 @@
 //! Every event carries its own `event_id` (UUID v7, so ids sort by creation),
 //! the `causation_event_id` of the input event that caused it, the order id,
 //! the order's status after the change, and `occurred_at` (when orderflow
-//! applied the change). `event_type` names the variant.
+//! applied the change: the instant of the batch that applied it, the same
+//! for every event of that batch, see `clock`). `event_type` names the variant.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -78,6 +79,7 @@ impl OrderEvent {
         causation_event_id: &EventId,
         order_id: &OrderId,
         status: OrderStatus,
+        occurred_at: DateTime<Utc>,
         body: OrderEventBody,
     ) -> Self {
         OrderEvent {
@@ -85,7 +87,7 @@ impl OrderEvent {
             causation_event_id: causation_event_id.clone(),
             order_id: order_id.clone(),
             status,
-            occurred_at: Utc::now(),
+            occurred_at,
             body,
         }
     }

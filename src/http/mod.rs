@@ -4,10 +4,13 @@
 //! `GET /users/{user_id}/orders?limit=&before=`, the live streams
 //! `GET /orders/{order_id}/events` and `GET /users/{user_id}/orders/events`
 //! (`streams`), the tracking page `GET /track/{order_id}`,
-//! `GET /parked-events`, `GET /healthz`,
+//! `GET /parked-events`, the analytics figures `GET /analytics/summary`,
+//! `GET /analytics/daily` and `GET /analytics/top-products` (`analytics`),
+//! `GET /healthz`,
 //! `GET /readyz`, `GET /metrics`. Errors are JSON `{"error": "..."}` with a
 //! 4xx for bad requests and unknown ids, 503 when the database is down.
 
+mod analytics;
 mod orders;
 mod serve;
 mod streams;
@@ -48,6 +51,9 @@ pub fn router(state: AppState) -> Router {
         .route("/users/{user_id}/orders/events", get(streams::user_events))
         .route("/track/{order_id}", get(track_page))
         .route("/parked-events", get(orders::parked))
+        .route("/analytics/summary", get(analytics::summary))
+        .route("/analytics/daily", get(analytics::daily))
+        .route("/analytics/top-products", get(analytics::top_products))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

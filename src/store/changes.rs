@@ -5,6 +5,7 @@
 //! batch's transaction.
 
 use anyhow::Context;
+use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use super::feed;
@@ -14,8 +15,12 @@ use super::orders::{self, NewOrder, StatusUpdate, Transition};
 use super::outbox::{self, NewRecord};
 use super::parked::{self, Parking};
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Changes {
+    /// The batch's instant: new orders' `created_at`, history rows' `at`,
+    /// payments' `recorded_at` and refunds' `requested_at` (the
+    /// `occurred_at` of the events announcing them).
+    pub at: DateTime<Utc>,
     /// New orders, each in its state at the end of the batch.
     pub orders: Vec<NewOrder>,
     /// Status-history rows in the order they happened (creations included).
@@ -36,21 +41,38 @@ pub struct Changes {
 }
 
 impl Changes {
+    /// Nothing to write yet, stamped `at`.
+    pub fn at(at: DateTime<Utc>) -> Self {
+        Changes {
+            at,
+            orders: Vec::new(),
+            history: Vec::new(),
+            statuses: Vec::new(),
+            payments: Vec::new(),
+            refunds: Vec::new(),
+            parked: Vec::new(),
+            unparked: Vec::new(),
+            inbox: Vec::new(),
+            outcomes: Vec::new(),
+            outbox: Vec::new(),
+        }
+    }
+
     /// Writes everything in the caller's transaction.
     pub async fn write(&self, conn: &mut PgConnection) -> anyhow::Result<()> {
-        orders::insert_many(conn, &self.orders)
+        orders::insert_many(conn, &self.orders, self.at)
             .await
             .context("failed to insert orders")?;
-        orders::append_history(conn, &self.history)
+        orders::append_history(conn, &self.history, self.at)
             .await
             .context("failed to append status history")?;
-        lifecycle::record_payments(conn, &self.payments)
+        lifecycle::record_payments(conn, &self.payments, self.at)
             .await
             .context("failed to record payments")?;
-        lifecycle::request_refunds(conn, &self.refunds)
+        lifecycle::request_refunds(conn, &self.refunds, self.at)
             .await
             .context("failed to record refunds")?;
-        orders::set_statuses(conn, &self.statuses)
+        orders::set_statuses(conn, &self.statuses, self.at)
             .await
             .context("failed to update orders")?;
         parked::park_many(conn, &self.parked)

@@ -137,19 +137,24 @@ pub struct NewPayment {
     pub occurred_at: DateTime<Utc>,
 }
 
-pub async fn record_payments(conn: &mut PgConnection, rows: &[NewPayment]) -> sqlx::Result<()> {
+/// Records payments as of `at` (`recorded_at`: the batch's instant).
+pub async fn record_payments(
+    conn: &mut PgConnection,
+    rows: &[NewPayment],
+    at: DateTime<Utc>,
+) -> sqlx::Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
     let text = |f: fn(&NewPayment) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
     let amounts: Vec<i64> = rows.iter().map(|r| r.amount_minor).collect();
     let reasons: Vec<Option<&str>> = rows.iter().map(|r| r.failure_reason.as_deref()).collect();
-    let at: Vec<DateTime<Utc>> = rows.iter().map(|r| r.occurred_at).collect();
+    let occurred: Vec<DateTime<Utc>> = rows.iter().map(|r| r.occurred_at).collect();
     sqlx::query(
         "INSERT INTO payments (payment_id, status, order_id, amount_minor, currency, provider,
-             failure_reason, disposition, event_id, occurred_at)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
-                              $7::text[], $8::text[], $9::text[], $10::timestamptz[])",
+             failure_reason, disposition, event_id, occurred_at, recorded_at)
+         SELECT *, $11::timestamptz FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[],
+                              $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[])",
     )
     .bind(text(|r| &r.payment_id))
     .bind(text(|r| r.status.as_str()))
@@ -160,7 +165,8 @@ pub async fn record_payments(conn: &mut PgConnection, rows: &[NewPayment]) -> sq
     .bind(&reasons)
     .bind(text(|r| r.disposition.as_str()))
     .bind(text(|r| r.event_id.as_str()))
-    .bind(&at)
+    .bind(&occurred)
+    .bind(at)
     .execute(conn)
     .await?;
     Ok(())
@@ -177,15 +183,22 @@ pub struct Refund {
     pub cause_event_id: EventId,
 }
 
-pub async fn request_refunds(conn: &mut PgConnection, rows: &[Refund]) -> sqlx::Result<()> {
+/// Records refund requests as of `at` (`requested_at`: the batch's instant).
+pub async fn request_refunds(
+    conn: &mut PgConnection,
+    rows: &[Refund],
+    at: DateTime<Utc>,
+) -> sqlx::Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
     let text = |f: fn(&Refund) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
     let amounts: Vec<i64> = rows.iter().map(|r| r.amount_minor).collect();
     sqlx::query(
-        "INSERT INTO refunds (payment_id, order_id, amount_minor, currency, reason, cause_event_id)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[])",
+        "INSERT INTO refunds (payment_id, order_id, amount_minor, currency, reason, cause_event_id,
+             requested_at)
+         SELECT *, $7::timestamptz
+         FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[])",
     )
     .bind(text(|r| &r.payment_id))
     .bind(text(|r| r.order_id.as_str()))
@@ -193,6 +206,7 @@ pub async fn request_refunds(conn: &mut PgConnection, rows: &[Refund]) -> sqlx::
     .bind(text(|r| &r.currency))
     .bind(text(|r| &r.reason))
     .bind(text(|r| r.cause_event_id.as_str()))
+    .bind(at)
     .execute(conn)
     .await?;
     Ok(())

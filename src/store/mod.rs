@@ -4,6 +4,7 @@
 //! transaction ([`changes::Changes`] is one batch's writes); read queries
 //! take the pool.
 
+pub mod analytics;
 pub mod changes;
 pub mod feed;
 pub mod inbox;

@@ -67,10 +67,15 @@ fn items_json(lines: &[PricedLine]) -> String {
     serde_json::to_string(&items).expect("plain structs serialize")
 }
 
-/// Inserts orders and their lines, two statements for the whole slice. An
+/// Inserts orders (created `at`, the batch's instant) and their lines, two
+/// statements for the whole slice. An
 /// order id or cart that exists already is an error: the caller read them
 /// under the order locks, so only a writer outside those locks can collide.
-pub async fn insert_many(conn: &mut PgConnection, orders: &[NewOrder]) -> sqlx::Result<()> {
+pub async fn insert_many(
+    conn: &mut PgConnection,
+    orders: &[NewOrder],
+    at: DateTime<Utc>,
+) -> sqlx::Result<()> {
     if orders.is_empty() {
         return Ok(());
     }
@@ -83,9 +88,9 @@ pub async fn insert_many(conn: &mut PgConnection, orders: &[NewOrder]) -> sqlx::
         "INSERT INTO orders (order_id, cart_id, user_id, status, currency, subtotal_minor, tax_minor,
              tax_rate_ppm, shipping_minor, total_minor, item_count, payment_method, shipping_address,
              billing_address, rejection_reason, checkout_event_id, checkout_occurred_at, items,
-             paid_payment_id, paid_amount_minor)
+             paid_payment_id, paid_amount_minor, created_at, updated_at)
          SELECT o, c, u, s, cur, sub, tax, rate::int, ship, tot, n, pm, sa::jsonb, ba::jsonb, r, e, at,
-                it::json, pp, pa
+                it::json, pp, pa, $21, $21
          FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::bigint[], $7::bigint[],
                      $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::text[], $13::text[],
                      $14::text[], $15::text[], $16::text[], $17::timestamptz[], $18::text[], $19::text[],
@@ -122,6 +127,7 @@ pub async fn insert_many(conn: &mut PgConnection, orders: &[NewOrder]) -> sqlx::
             .collect::<Vec<_>>(),
     )
     .bind(col(&|o| o.paid_by.as_ref().map(|(_, a)| *a)))
+    .bind(at)
     .execute(&mut *conn)
     .await?;
     insert_lines(conn, orders).await
@@ -192,8 +198,13 @@ pub struct Transition {
     pub reason: Option<String>,
 }
 
-/// Appends history rows in slice order (their ids follow it).
-pub async fn append_history(conn: &mut PgConnection, rows: &[Transition]) -> sqlx::Result<()> {
+/// Appends history rows in slice order (their ids follow it), all `at` the
+/// batch's instant.
+pub async fn append_history(
+    conn: &mut PgConnection,
+    rows: &[Transition],
+    at: DateTime<Utc>,
+) -> sqlx::Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -203,8 +214,8 @@ pub async fn append_history(conn: &mut PgConnection, rows: &[Transition]) -> sql
     let causes: Vec<&str> = rows.iter().map(|r| r.cause_event_id.as_str()).collect();
     let reasons: Vec<Option<&str>> = rows.iter().map(|r| r.reason.as_deref()).collect();
     sqlx::query(
-        "INSERT INTO order_status_history (order_id, from_status, to_status, cause_event_id, reason)
-         SELECT o, f, t, c, r FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+        "INSERT INTO order_status_history (order_id, from_status, to_status, cause_event_id, reason, at)
+         SELECT o, f, t, c, r, $6 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
               WITH ORDINALITY AS u(o, f, t, c, r, n) ORDER BY n",
     )
     .bind(&ids)
@@ -212,6 +223,7 @@ pub async fn append_history(conn: &mut PgConnection, rows: &[Transition]) -> sql
     .bind(&to)
     .bind(&causes)
     .bind(&reasons)
+    .bind(at)
     .execute(conn)
     .await?;
     Ok(())
@@ -226,8 +238,12 @@ pub struct StatusUpdate {
     pub paid_by: Option<(String, i64)>,
 }
 
-/// Final status (and paying payment) of each changed order.
-pub async fn set_statuses(conn: &mut PgConnection, updates: &[StatusUpdate]) -> sqlx::Result<()> {
+/// Final status (and paying payment) of each changed order, updated `at`.
+pub async fn set_statuses(
+    conn: &mut PgConnection,
+    updates: &[StatusUpdate],
+    at: DateTime<Utc>,
+) -> sqlx::Result<()> {
     if updates.is_empty() {
         return Ok(());
     }
@@ -242,7 +258,7 @@ pub async fn set_statuses(conn: &mut PgConnection, updates: &[StatusUpdate]) -> 
         .map(|u| u.paid_by.as_ref().map(|(_, a)| *a))
         .collect();
     sqlx::query(
-        "UPDATE orders o SET status = t.s, updated_at = clock_timestamp(),
+        "UPDATE orders o SET status = t.s, updated_at = $5,
              paid_payment_id = COALESCE(t.p, o.paid_payment_id),
              paid_amount_minor = COALESCE(t.a, o.paid_amount_minor)
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]) AS t(id, s, p, a)
@@ -252,6 +268,7 @@ pub async fn set_statuses(conn: &mut PgConnection, updates: &[StatusUpdate]) -> 
     .bind(&statuses)
     .bind(&paid_ids)
     .bind(&paid_amounts)
+    .bind(at)
     .execute(conn)
     .await?;
     Ok(())

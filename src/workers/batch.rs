@@ -56,6 +56,8 @@ pub struct Applier<H> {
     topic: String,
     dlq_topic: String,
     order_events_topic: String,
+    /// Stamps each batch (its events' `occurred_at`, its rows' times).
+    clock: crate::clock::Clock,
 }
 
 impl<H: Handler> Applier<H> {
@@ -66,7 +68,14 @@ impl<H: Handler> Applier<H> {
             topic: topic.to_owned(),
             dlq_topic: crate::config::Topics::dlq(topic),
             order_events_topic: order_events_topic.to_owned(),
+            clock: crate::clock::Clock::default(),
         }
+    }
+
+    /// Stamps batches with `clock` instead of the system clock.
+    pub fn with_clock(mut self, clock: crate::clock::Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The input topic.
@@ -139,7 +148,7 @@ impl<H: Handler> Applier<H> {
             .await
             .context("failed to lock orders")?;
         let fresh = self.claim(conn, &events).await?;
-        let mut plan = Plan::default();
+        let mut plan = Plan::new(self.clock.now());
         let mut verdicts: Vec<Option<Verdict>> = vec![None; batch.len()];
         if !fresh.is_empty() {
             let fresh_events: Vec<&H::Event> = fresh.iter().map(|&(_, e)| e).collect();

@@ -17,9 +17,7 @@ use sqlx::PgConnection;
 use super::{Handler, Input, Plan, Verdict};
 use crate::domain::pricing::{self, PricedOrder, Rejection};
 use crate::domain::{truncate_chars, EventId, OrderId, OrderStatus};
-use crate::events::{
-    Address, CheckoutEvent, Codec, DecodeError, Normalized, OrderEvent, OrderEventBody,
-};
+use crate::events::{Address, CheckoutEvent, Codec, DecodeError, Normalized, OrderEventBody};
 use crate::store::inbox::Source;
 use crate::store::orders::{self, Amounts, NewOrder};
 use crate::store::pricing_tables::PricingTables;
@@ -168,12 +166,7 @@ impl Handler for CheckoutHandler {
                 },
             ),
         };
-        plan.emit(OrderEvent::new(
-            &ev.event_id,
-            &ev.order_id,
-            order.status,
-            body,
-        ));
+        plan.announce(&ev.event_id, &ev.order_id, order.status, body);
         plan.create_order(order);
         verdict
     }

@@ -1,5 +1,5 @@
-//! The one consumer loop, generic over a [`Handler`] (through its
-//! [`Applier`]).
+//! The one consumer loop, generic over what applies its batches
+//! ([`Apply`]: an input topic's [`Applier`], or the analytics rollups).
 //!
 //! Guarantee: at-least-once consumption with exactly-once effects. Each
 //! partition's messages are applied in batches (at most `BATCH_MAX_MESSAGES`)
@@ -61,8 +61,82 @@ use super::intake::{commit_stored, Intake, LoopContext, Received};
 use super::membership::Membership;
 use super::Handler;
 use crate::config::Settings;
+use crate::events::DecodeError;
 use crate::store::inbox::Outcome;
 use crate::telemetry::Metrics;
+
+/// What the loop drives: decoding a batch outside any transaction, applying
+/// it inside one (the loop commits, then stores the offset), and
+/// dead-lettering a message that fails alone.
+pub trait Apply: Send + Sync + 'static {
+    /// A decoded batch.
+    type Decoded: Send + Sync;
+
+    /// The topic the loop reads.
+    fn topic(&self) -> &str;
+
+    /// The consumer group the loop joins.
+    fn group(&self, settings: &Settings) -> String {
+        settings.group_for(self.topic())
+    }
+
+    /// Per message, its event or a permanent error; `Err` only when a
+    /// transient failure (the schema registry) should retry the batch.
+    fn decode<'a>(
+        &'a self,
+        batch: &'a [RawMessage],
+    ) -> impl std::future::Future<Output = Result<Self::Decoded, DecodeError>> + Send + 'a;
+
+    /// Applies the batch in the caller's transaction. `Err` aborts it.
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut sqlx::PgConnection,
+        batch: &'a [RawMessage],
+        decoded: &'a Self::Decoded,
+    ) -> impl std::future::Future<Output = anyhow::Result<BatchReport>> + Send + 'a;
+
+    /// Dead-letters one message in the caller's transaction: it failed alone
+    /// for a reason the database gives every time.
+    fn dead_letter<'a>(
+        &'a self,
+        conn: &'a mut sqlx::PgConnection,
+        msg: &'a RawMessage,
+        reason: &'a str,
+    ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send + 'a;
+}
+
+impl<H: Handler> Apply for Applier<H> {
+    type Decoded = Vec<super::batch::Decoded<H::Event>>;
+
+    fn topic(&self) -> &str {
+        Applier::topic(self)
+    }
+
+    fn decode<'a>(
+        &'a self,
+        batch: &'a [RawMessage],
+    ) -> impl std::future::Future<Output = Result<Self::Decoded, DecodeError>> + Send + 'a {
+        Applier::decode(self, batch)
+    }
+
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut sqlx::PgConnection,
+        batch: &'a [RawMessage],
+        decoded: &'a Self::Decoded,
+    ) -> impl std::future::Future<Output = anyhow::Result<BatchReport>> + Send + 'a {
+        Applier::apply(self, conn, batch, decoded)
+    }
+
+    fn dead_letter<'a>(
+        &'a self,
+        conn: &'a mut sqlx::PgConnection,
+        msg: &'a RawMessage,
+        reason: &'a str,
+    ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send + 'a {
+        Applier::dead_letter(self, conn, msg, reason)
+    }
+}
 
 /// Everything a loop needs besides its applier.
 #[derive(Clone)]
@@ -133,9 +207,9 @@ impl<'a> LoopState<'a> {
     }
 
     /// Starts the batches that are due, as many as there are free slots.
-    fn start_due<H: Handler>(
+    fn start_due<A: Apply>(
         &mut self,
-        processor: &'a BatchProcessor<'a, H>,
+        processor: &'a BatchProcessor<'a, A>,
         shutdown: &'a CancellationToken,
         force: bool,
     ) {
@@ -208,13 +282,13 @@ impl<'a> LoopState<'a> {
 
 /// Runs the loop of the applier's topic until `shutdown`; then finishes the
 /// batches in hand, commits offsets and leaves the group.
-pub async fn run<H: Handler>(
+pub async fn run<A: Apply>(
     deps: LoopDeps,
-    applier: Arc<Applier<H>>,
+    applier: Arc<A>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let topic = applier.topic().to_owned();
-    let group = deps.settings.group_for(&topic);
+    let group = applier.group(&deps.settings);
     let context = LoopContext::new(&topic, &group, deps.metrics.clone());
     let consumer: StreamConsumer<LoopContext> =
         crate::kafka::consumer_config(&deps.settings, &group)
@@ -238,7 +312,7 @@ pub async fn run<H: Handler>(
     let watching = tokio::spawn(membership.run(shutdown.clone()));
     let processor = BatchProcessor {
         deps: &deps,
-        applier: &applier,
+        applier: &*applier,
         retrying: AtomicUsize::new(0),
     };
     consume(&consumer, &processor, &shutdown, &rejoin).await;
@@ -255,9 +329,9 @@ pub async fn run<H: Handler>(
 }
 
 /// Receives and applies until shutdown, then finishes what is in hand.
-async fn consume<'a, H: Handler>(
+async fn consume<'a, A: Apply>(
     consumer: &'a StreamConsumer<LoopContext>,
-    processor: &'a BatchProcessor<'a, H>,
+    processor: &'a BatchProcessor<'a, A>,
     shutdown: &'a CancellationToken,
     rejoin: &AtomicBool,
 ) {
@@ -348,9 +422,9 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-struct BatchProcessor<'a, H> {
+struct BatchProcessor<'a, A> {
     deps: &'a LoopDeps,
-    applier: &'a Applier<H>,
+    applier: &'a A,
     /// Batches currently backing off after a transient failure.
     retrying: AtomicUsize,
 }
@@ -365,7 +439,7 @@ struct Done {
     committed: Option<(BatchReport, Duration)>,
 }
 
-impl<H: Handler> BatchProcessor<'_, H> {
+impl<A: Apply> BatchProcessor<'_, A> {
     /// Applies one partition's batch, retrying transient failures with
     /// backoff until it commits, or until shutdown (then `committed` is None).
     async fn apply_until_committed(

@@ -18,7 +18,7 @@ use super::{Handler, Input, Plan, Verdict};
 use crate::domain::lifecycle::{self, Decision, Effect, OrderFacts, PaymentStatus};
 use crate::domain::{truncate_chars, EventId, Money, OrderId};
 use crate::events::{
-    Cancellation, Codec, DecodeError, Normalized, OrderEvent, OrderEventBody, PaymentConfirmation,
+    Cancellation, Codec, DecodeError, Normalized, OrderEventBody, PaymentConfirmation,
 };
 use crate::store::inbox::{InboxRow, Source};
 use crate::store::lifecycle::{self as store, NewPayment, Refund};
@@ -246,7 +246,7 @@ fn apply_decision(
             }
             other => announce(other, &order.currency),
         };
-        plan.emit(OrderEvent::new(cause, order_id, status, body));
+        plan.announce(cause, order_id, status, body);
     }
 }
 

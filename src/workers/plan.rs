@@ -10,8 +10,10 @@
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
+
 use crate::domain::{EventId, OrderId, OrderStatus};
-use crate::events::OrderEvent;
+use crate::events::{OrderEvent, OrderEventBody};
 use crate::store::changes::Changes;
 use crate::store::lifecycle::{NewPayment, Refund};
 use crate::store::orders::{NewOrder, StatusUpdate, Transition};
@@ -28,6 +30,10 @@ pub struct Tally {
     pub payments_rejected: u64,
     /// Parked events applied because their checkout arrived.
     pub unparked: u64,
+    /// Currency of each order created (not rejected).
+    pub created: Vec<String>,
+    /// (currency, amount in minor units) of each order paid.
+    pub paid: Vec<(String, i64)>,
 }
 
 impl Tally {
@@ -37,6 +43,8 @@ impl Tally {
         self.refunds.extend(other.refunds);
         self.payments_rejected += other.payments_rejected;
         self.unparked += other.unparked;
+        self.created.extend(other.created);
+        self.paid.extend(other.paid);
     }
 
     pub fn report(&self, metrics: &Metrics) {
@@ -48,11 +56,19 @@ impl Tally {
         }
         metrics.payments_rejected(self.payments_rejected);
         metrics.parked_applied(self.unparked);
+        for currency in &self.created {
+            metrics.order_created(currency);
+        }
+        for (currency, amount) in &self.paid {
+            metrics.revenue(currency, *amount);
+        }
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Plan {
+    /// The batch's instant: every event's `occurred_at` and every row's time.
+    at: DateTime<Utc>,
     changes: Changes,
     /// Index into `changes.orders` of each order created by this batch.
     created: HashMap<OrderId, usize>,
@@ -62,7 +78,28 @@ pub struct Plan {
     tally: Tally,
 }
 
+impl Default for Plan {
+    /// A plan stamped with the system clock (tests).
+    fn default() -> Self {
+        Plan::new(crate::clock::Clock::default().now())
+    }
+}
+
 impl Plan {
+    /// An empty plan whose rows and events are stamped `at` (milliseconds;
+    /// finer is dropped, as on the wire).
+    pub fn new(at: DateTime<Utc>) -> Self {
+        let at = crate::clock::truncate_ms(at);
+        Plan {
+            at,
+            changes: Changes::at(at),
+            created: HashMap::new(),
+            updated: HashMap::new(),
+            events: Vec::new(),
+            tally: Tally::default(),
+        }
+    }
+
     /// Creates an order (in `order.status`), with its first history row.
     pub fn create_order(&mut self, order: NewOrder) {
         self.changes.history.push(Transition {
@@ -139,9 +176,28 @@ impl Plan {
         self.tally.unparked += 1;
     }
 
-    /// Announces `event` on `order-events` (in the order emitted).
-    pub fn emit(&mut self, event: OrderEvent) {
-        self.events.push(event);
+    /// Announces an event on `order-events` (in the order announced),
+    /// stamped with the batch's instant.
+    pub fn announce(
+        &mut self,
+        cause: &EventId,
+        order_id: &OrderId,
+        status: OrderStatus,
+        body: OrderEventBody,
+    ) {
+        match &body {
+            OrderEventBody::OrderCreated { currency, .. } => {
+                self.tally.created.push(currency.clone());
+            }
+            OrderEventBody::OrderPaid {
+                currency,
+                amount_minor,
+                ..
+            } => self.tally.paid.push((currency.clone(), *amount_minor)),
+            _ => {}
+        }
+        self.events
+            .push(OrderEvent::new(cause, order_id, status, self.at, body));
     }
 
     /// The orders this batch creates, in their current planned state.

@@ -2,6 +2,7 @@
 //! broker (Tansu here, started by scripts/test.sh). Each test has its own
 //! database, topics and consumer group, so they run in parallel.
 
+mod analytics;
 mod avro;
 mod checkouts;
 mod crash;

@@ -372,7 +372,8 @@ async fn graceful_shutdown_ends_open_streams() {
 }
 
 fn event(order_id: &str, body: OrderEventBody, status: OrderStatus) -> NewRecord {
-    let e = OrderEvent::new(&new_event_id(), &order_id_of(order_id), status, body);
+    let at = orderflow::clock::Clock::default().now();
+    let e = OrderEvent::new(&new_event_id(), &order_id_of(order_id), status, at, body);
     NewRecord::order_event("order-events", &e)
 }
 

@@ -1,0 +1,248 @@
+//! The analytics loop's batch step, driven by the generic consumer loop
+//! (`workers::consumer`) on `order-events` in group
+//! `<KAFKA_GROUP_ID>.analytics`.
+//!
+//! One transaction per batch (one partition's messages, in offset order):
+//! take the analytics lock shared (a rebuild waits for the batch, and the
+//! batch for a rebuild); claim the events' ids in `analytics_seen` (those
+//! claimed before are duplicates: a redelivery, or the relay publishing an
+//! event again); read the orders the new events need (currency, creation
+//! time, lines); add the [`Delta`] to the rollup rows of this partition;
+//! dead-letter, through the outbox, what cannot be read or counted. The
+//! loop commits, then stores the offset.
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::rollup::{needs_lines, needs_order};
+use crate::config::Settings;
+use crate::events::{
+    avro, Codec, DeadLetter, DeadLetterClass, DecodeError, Normalized, OrderEvent,
+};
+use crate::store::analytics::{self, Delta};
+use crate::store::inbox::Outcome;
+use crate::store::outbox::{self, NewRecord};
+use crate::workers::consumer::Apply;
+use crate::workers::{BatchReport, RawMessage};
+
+/// The analytics loop's [`Apply`].
+pub struct Analytics {
+    codec: Codec,
+    topic: String,
+    dlq_topic: String,
+}
+
+impl Analytics {
+    pub fn new(settings: &Settings, codec: Codec) -> Self {
+        Analytics {
+            codec,
+            topic: settings.topics.order_events.clone(),
+            dlq_topic: settings.topics.analytics_dlq(),
+        }
+    }
+
+    async fn decode_one(&self, msg: &RawMessage) -> Result<(Uuid, OrderEvent), DecodeError> {
+        let normalized = self
+            .codec
+            .normalize(&avro::ORDER_EVENT, msg.payload.as_deref())
+            .await?;
+        let event: OrderEvent = match normalized {
+            Normalized::Json(bytes) => serde_json::from_slice(bytes)?,
+            Normalized::Document(doc) => {
+                avro::order_event_from_envelope(doc).map_err(DecodeError::Invalid)?
+            }
+        };
+        if let Some(key) = &msg.key {
+            if key.as_slice() != event.order_id.as_str().as_bytes() {
+                return Err(DecodeError::Invalid(format!(
+                    "message key {:?} does not match order_id {:?}",
+                    String::from_utf8_lossy(&key[..key.len().min(140)]),
+                    event.order_id.as_str()
+                )));
+            }
+        }
+        let id = Uuid::parse_str(event.event_id.as_str()).map_err(|_| {
+            DecodeError::Invalid(format!(
+                "event_id {:?} is not a UUID (orderflow's order events always have one)",
+                event.event_id.as_str()
+            ))
+        })?;
+        Ok((id, event))
+    }
+
+    fn dead_letter_record(
+        &self,
+        msg: &RawMessage,
+        class: DeadLetterClass,
+        reason: &str,
+    ) -> NewRecord {
+        NewRecord::dead_letter(
+            &self.dlq_topic,
+            &DeadLetter {
+                class,
+                reason,
+                source_topic: &self.topic,
+                source_partition: msg.partition,
+                source_offset: msg.offset,
+                key: msg.key.as_deref(),
+                payload: msg.payload.as_deref(),
+            },
+        )
+    }
+}
+
+type Decoded = Result<(Uuid, OrderEvent), DecodeError>;
+
+impl Apply for Analytics {
+    type Decoded = Vec<Decoded>;
+
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    fn group(&self, settings: &Settings) -> String {
+        format!("{}.analytics", settings.group_id)
+    }
+
+    async fn decode(&self, batch: &[RawMessage]) -> Result<Vec<Decoded>, DecodeError> {
+        let mut decoded = Vec::with_capacity(batch.len());
+        for msg in batch {
+            match self.decode_one(msg).await {
+                Err(e) if e.is_transient() => return Err(e),
+                other => decoded.push(other),
+            }
+        }
+        Ok(decoded)
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        batch: &[RawMessage],
+        decoded: &Vec<Decoded>,
+    ) -> anyhow::Result<BatchReport> {
+        analytics::lock_shared(conn)
+            .await
+            .context("failed to take the analytics lock")?;
+        let ids: Vec<Uuid> = decoded
+            .iter()
+            .filter_map(|d| d.as_ref().ok().map(|(id, _)| *id))
+            .collect();
+        let mut fresh = analytics::claim(conn, &ids)
+            .await
+            .context("failed to claim event ids")?;
+        // The first delivery of each new id counts; everything else is a
+        // duplicate.
+        let counted: Vec<bool> = decoded
+            .iter()
+            .map(|d| d.as_ref().is_ok_and(|(id, _)| fresh.remove(id)))
+            .collect();
+        let new_events = || {
+            decoded
+                .iter()
+                .zip(&counted)
+                .filter(|(_, c)| **c)
+                .filter_map(|(d, _)| d.as_ref().ok().map(|(_, e)| e))
+        };
+        let order_ids: Vec<&str> = new_events()
+            .filter(|e| needs_order(e))
+            .map(|e| e.order_id.as_str())
+            .collect();
+        let with_lines: Vec<&str> = new_events()
+            .filter(|e| needs_lines(e))
+            .map(|e| e.order_id.as_str())
+            .collect();
+        let orders = if order_ids.is_empty() {
+            HashMap::new()
+        } else {
+            analytics::order_facts(conn, &order_ids, &with_lines)
+                .await
+                .context("failed to read the orders of the batch's events")?
+        };
+        let mut delta = Delta::default();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut letters = Vec::new();
+        for ((msg, d), counted) in batch.iter().zip(decoded).zip(&counted) {
+            let outcome = match d {
+                Err(e) => {
+                    letters.push(self.dead_letter_record(
+                        msg,
+                        DeadLetterClass::Decode,
+                        &e.to_string(),
+                    ));
+                    (Outcome::DeadLettered, None)
+                }
+                Ok((_, event)) if !counted => (Outcome::Duplicate, Some(event.occurred_at)),
+                Ok((_, event)) => match delta.add(event, &orders) {
+                    Ok(()) => (Outcome::Applied, Some(event.occurred_at)),
+                    Err(e) => {
+                        letters.push(self.dead_letter_record(
+                            msg,
+                            DeadLetterClass::Invalid,
+                            &e.to_string(),
+                        ));
+                        (Outcome::DeadLettered, Some(event.occurred_at))
+                    }
+                },
+            };
+            outcomes.push(outcome);
+        }
+        let part = batch.first().map_or(0, |m| m.partition);
+        analytics::add(conn, part, &delta)
+            .await
+            .context("failed to add to the rollups")?;
+        outbox::enqueue_many(conn, &letters)
+            .await
+            .context("failed to enqueue dead letters")?;
+        Ok(BatchReport {
+            outcomes,
+            tally: Default::default(),
+        })
+    }
+
+    async fn dead_letter(
+        &self,
+        conn: &mut PgConnection,
+        msg: &RawMessage,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        let record = self.dead_letter_record(msg, DeadLetterClass::Database, reason);
+        outbox::enqueue_many(conn, &[record])
+            .await
+            .context("failed to enqueue dead letter")
+    }
+}
+
+/// How often the ids of counted events are purged.
+const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Forgets counted event ids older than `retention`, every ten minutes,
+/// until `stop`. Several instances may purge at once; they delete the same
+/// slices, which costs a little waiting and nothing else.
+pub async fn purge_seen(
+    pool: sqlx::PgPool,
+    retention: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(PURGE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        match analytics::purge_seen(&pool, crate::store::older_than(retention)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                purged = n,
+                "forgot counted order-event ids past ANALYTICS_DEDUPE_RETENTION_SECS"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "failed to purge counted order-event ids; retrying later")
+            }
+        }
+    }
+}
