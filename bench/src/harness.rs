@@ -26,7 +26,7 @@ pub struct Bench {
     /// own producer defaults, as an upstream service would send them.
     pub latency_producer: FutureProducer,
     pub worker: Option<Worker>,
-    binary: std::path::PathBuf,
+    pub(crate) binary: std::path::PathBuf,
     /// The fresh database's tax and shipping tables, to pay the right totals.
     pub tables: PricingTables,
     /// (payments, cancellations) per checkout.
@@ -83,6 +83,8 @@ impl Bench {
         };
         self.baselines(o, &mut report).await?;
         let mut peak = self.throughput(o, &mut report).await?;
+        let throughput_topics = self.settings().topics.clone();
+        let order_events = self.count("SELECT count(*) FROM order_feed").await?;
         peak = peak.max(self.rss_mb().1);
         self.latency(o, &mut report).await?;
         peak = peak.max(self.rss_mb().0);
@@ -92,6 +94,10 @@ impl Bench {
         report.worker_peak_rss_mb = peak.max(hwm);
         if o.sse_subscribers > 0 {
             self.streams(o, &mut report).await?;
+        }
+        if o.analytics {
+            self.analytics(o, &mut report, &throughput_topics, order_events)
+                .await?;
         }
         Ok(report)
     }
@@ -161,6 +167,25 @@ impl Bench {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         report.outbox_drained_s = started.elapsed().as_secs_f64();
+        // The analytics loop (part of a plain `run`) counts every order
+        // event once; how long after the outbox drained it has.
+        let drained = Instant::now();
+        loop {
+            let feed = self.count("SELECT count(*) FROM order_feed").await?;
+            let seen = self.count("SELECT count(*) FROM analytics_seen").await?;
+            if seen >= feed {
+                report.analytics_caught_up_s = Some(drained.elapsed().as_secs_f64());
+                break;
+            }
+            if drained.elapsed() > Duration::from_secs(120) {
+                progress(format!(
+                    "analytics still {} events behind 120 s after the outbox drained",
+                    feed - seen
+                ));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         report.worker_rss_after_throughput_mb = self.rss_mb().0;
         report.mean_batch_size = self.mean_batch_sizes().await.unwrap_or_default();
         progress(format!(
@@ -266,7 +291,7 @@ impl Bench {
         Ok(())
     }
 
-    fn worker(&self) -> anyhow::Result<&Worker> {
+    pub(crate) fn worker(&self) -> anyhow::Result<&Worker> {
         self.worker.as_ref().context("no worker running")
     }
 

@@ -7,6 +7,7 @@
 //! child process (so its RSS is the worker's alone), and drops the database
 //! at the end.
 
+mod analytics;
 mod baselines;
 mod harness;
 mod http_load;
@@ -55,6 +56,18 @@ pub struct Options {
     /// bursts (without and with the subscribers attached).
     #[arg(long, default_value_t = 20_000)]
     pub sse_checkouts: u64,
+    /// Run the analytics phase (its cost to the write path, its own rate,
+    /// its routes with `--analytics-orders` orders).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub analytics: bool,
+    /// Checkouts of the mix in each of the analytics phase's four bursts
+    /// (without, with, without, with the analytics loop; 0 skips them).
+    #[arg(long, default_value_t = 20_000)]
+    pub analytics_checkouts: u64,
+    /// Orders in the database (synthetic ones over 90 days are added up to
+    /// this) when the analytics routes and the rebuild are measured.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub analytics_orders: u64,
     /// Print the result as JSON as well.
     #[arg(long)]
     pub json: bool,

@@ -51,6 +51,17 @@ pub struct Report {
     pub sse_throughput_with: f64,
     pub sse_throughput_ratio: f64,
     pub sse_streams_dropped: u64,
+    /// Outbox drained → the analytics loop has counted every order event
+    /// (`None`: not within 120 s).
+    pub analytics_caught_up_s: Option<f64>,
+    pub analytics_throughput_without: f64,
+    pub analytics_throughput_with: f64,
+    /// The throughput phase's order events replayed by an analytics-only
+    /// worker into empty rollups.
+    pub analytics_replay_events: i64,
+    pub analytics_events_per_s: f64,
+    pub analytics_orders: i64,
+    pub analytics_rebuild_s: f64,
 }
 
 /// One route under closed-loop load: `connections` clients, each sending its
@@ -88,6 +99,7 @@ impl Report {
         if self.sse_subscribers > 0 {
             rows.extend(self.stream_rows());
         }
+        rows.extend(self.analytics_rows());
         rows.extend(self.http.iter().map(|run| {
             let errors = match run.errors {
                 0 => String::new(),
@@ -157,6 +169,44 @@ impl Report {
                     .join(", "),
             ),
         ]
+    }
+
+    fn analytics_rows(&self) -> Vec<(String, String)> {
+        let mut rows = vec![(
+            "analytics: caught up after the outbox drained".into(),
+            match self.analytics_caught_up_s {
+                Some(s) => format!("{s:.1} s"),
+                None => "not within 120 s".into(),
+            },
+        )];
+        if self.analytics_throughput_without > 0.0 {
+            rows.push((
+                "analytics: throughput without → with the loop".into(),
+                format!(
+                    "{:.0} → {:.0} events/s ({:+.1} %, mean of 2 bursts each, alternated)",
+                    self.analytics_throughput_without,
+                    self.analytics_throughput_with,
+                    (self.analytics_throughput_with / self.analytics_throughput_without - 1.0)
+                        * 100.0
+                ),
+            ));
+        }
+        if self.analytics_replay_events > 0 {
+            rows.push((
+                "analytics: the loop's own rate (replay, empty rollups)".into(),
+                format!(
+                    "{:.0} events/s ({} events)",
+                    self.analytics_events_per_s, self.analytics_replay_events
+                ),
+            ));
+        }
+        if self.analytics_orders > 0 {
+            rows.push((
+                format!("analytics: rebuild with {} orders", self.analytics_orders),
+                format!("{:.1} s", self.analytics_rebuild_s),
+            ));
+        }
+        rows
     }
 
     fn stream_rows(&self) -> Vec<(String, String)> {

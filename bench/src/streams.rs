@@ -51,7 +51,7 @@ impl Bench {
             "streams: throughput without subscribers ({} checkouts of the mix)",
             o.sse_checkouts
         ));
-        report.sse_throughput_without = self.burst(o.sse_checkouts, "ssa").await?;
+        report.sse_throughput_without = self.burst(o.sse_checkouts, "ssa", 810_000_000_000).await?;
         progress(format!("  {:.0} events/s", report.sse_throughput_without));
 
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -138,7 +138,7 @@ impl Bench {
             "streams: throughput with the {n} subscribers attached ({} checkouts of the mix)",
             o.sse_checkouts
         ));
-        report.sse_throughput_with = self.burst(o.sse_checkouts, "ssb").await?;
+        report.sse_throughput_with = self.burst(o.sse_checkouts, "ssb", 820_000_000_000).await?;
         report.sse_throughput_ratio = report.sse_throughput_with / report.sse_throughput_without;
         progress(format!("  {:.0} events/s", report.sse_throughput_with));
         stop.store(true, Ordering::Release);
@@ -238,13 +238,17 @@ impl Bench {
     /// Produces `checkouts` of the mix (orders `<prefix>-n`) while the
     /// worker runs, and returns events/s from the first send to the last
     /// commit.
-    async fn burst(&self, checkouts: u64, prefix: &str) -> anyhow::Result<f64> {
+    /// The mix of `checkouts` checkouts (orders `<prefix>-n`, carts from
+    /// `cart_base`), produced while the worker runs; events/s to the last
+    /// commit.
+    pub(crate) async fn burst(
+        &self,
+        checkouts: u64,
+        prefix: &str,
+        cart_base: i64,
+    ) -> anyhow::Result<f64> {
         let already = self.processed_now().await?;
         let started = Instant::now();
-        let cart_base = match prefix {
-            "ssa" => 810_000_000_000,
-            _ => 820_000_000_000,
-        };
         let total = self.produce_mix_named(checkouts, prefix, cart_base).await?;
         let target = already + total as i64;
         while self.processed_now().await? < target {

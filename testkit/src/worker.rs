@@ -39,11 +39,24 @@ impl Worker {
         env: &[(&str, &str)],
         log: Stdio,
     ) -> anyhow::Result<Worker> {
+        Self::spawn_with_args(binary, settings, env, &[], log).await
+    }
+
+    /// [`Worker::spawn_logging_to`], with `args` after `run` (e.g.
+    /// `--only`, `relay,http`).
+    pub async fn spawn_with_args(
+        binary: &Path,
+        settings: &Settings,
+        env: &[(&str, &str)],
+        args: &[&str],
+        log: Stdio,
+    ) -> anyhow::Result<Worker> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let child = Command::new(binary)
             .arg("run")
+            .args(args)
             .env("DATABASE_URL", &settings.database_url)
             .env("KAFKA_BROKERS", &settings.kafka_brokers)
             .env("KAFKA_GROUP_ID", &settings.group_id)
