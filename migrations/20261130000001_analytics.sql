@@ -7,13 +7,13 @@
 -- concurrent batches never touch the same row; reads sum over `part`.
 
 -- Ids of the order-events counted: a redelivery or a republished event
--- (order-events is at-least-once) is counted once. Kept for
--- ANALYTICS_DEDUPE_RETENTION_SECS.
+-- (order-events is at-least-once) is counted once. Order event ids are UUID
+-- v7, which begin with their creation time: ids older than
+-- ANALYTICS_DEDUPE_RETENTION_SECS are purged by a range of the primary key,
+-- so the table needs no other column or index.
 CREATE TABLE analytics_seen (
-    event_id uuid PRIMARY KEY,
-    seen_at  timestamptz NOT NULL DEFAULT now()
+    event_id uuid PRIMARY KEY
 );
-CREATE INDEX analytics_seen_at_idx ON analytics_seen USING brin (seen_at);
 
 CREATE TABLE analytics_daily (
     day                   date NOT NULL,

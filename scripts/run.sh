@@ -60,6 +60,8 @@ orderflow is running.  Try:
   curl -s http://$HTTP_ADDR/orders/${FIRST:-<order_id>}
   curl -s http://$HTTP_ADDR/orders/${FIRST:-<order_id>}/status
   curl -s 'http://$HTTP_ADDR/users/1/orders?limit=5'
+  curl -s 'http://$HTTP_ADDR/analytics/summary?currency=USD'       (the last 30 days' figures)
+  curl -s 'http://$HTTP_ADDR/analytics/top-products?currency=USD&by=units&limit=3'
   curl -s http://$HTTP_ADDR/readyz
   curl -s http://$HTTP_ADDR/metrics | grep '^orderflow_messages_total'
 More traffic (another terminal):  $BIN produce --count 100 --interval-ms 50

@@ -270,7 +270,7 @@ impl Settings {
                 "DATABASE_URL",
                 "postgres://postgres@127.0.0.1:5432/orderflow",
             ),
-            database_max_connections: parse(&lookup, "DATABASE_MAX_CONNECTIONS", 16)?,
+            database_max_connections: parse(&lookup, "DATABASE_MAX_CONNECTIONS", 20)?,
             kafka_brokers: get("KAFKA_BROKERS", "127.0.0.1:9092"),
             kafka_extra: parse_kv_list("KAFKA_CONFIG", &get("KAFKA_CONFIG", ""))?,
             kafka_consumer_extra: parse_kv_list(

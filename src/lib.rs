@@ -17,15 +17,19 @@
 //! - [`workers`]: handlers that decide (pure of Kafka, inbox and outbox), the
 //!   batch applier that owns the transaction protocol, the generic consumer
 //!   loop, the outbox relay, housekeeping.
-//! - [`http`]: the read API, health and metrics.
+//! - [`analytics`]: rollups of `order-events` by a consumer loop of their
+//!   own, their figures, and their rebuild from the tables.
+//! - [`http`]: the read API (orders, live streams, analytics), health and
+//!   metrics.
 //! - [`app`]: wiring and graceful shutdown.
 //! - [`produce`]: sample traffic.
 //! - [`schemas`]: `schemas register` / `schemas check` against a registry.
 //!
-//! Layers, each importing only from those before it: `config` and `domain`
-//! → `events` → `store` → `kafka`, `telemetry` → `workers`, `http`,
-//! `produce`, `schemas` → `app` → `main`. The benchmark is a separate crate
-//! (`bench/`) and shares the "fresh world" kit (`testkit/`) with the tests.
+//! Layers, each importing only from those before it: `config`, `clock` and
+//! `domain` → `events` → `store` → `kafka`, `telemetry` → `workers`,
+//! `realtime` → `analytics` → `http`, `produce`, `schemas` → `app` → `main`.
+//! The benchmark is a separate crate (`bench/`) and shares the "fresh world"
+//! kit (`testkit/`) with the tests.
 
 pub mod analytics;
 pub mod app;

@@ -169,23 +169,13 @@ impl Bench {
         report.outbox_drained_s = started.elapsed().as_secs_f64();
         // The analytics loop (part of a plain `run`) counts every order
         // event once; how long after the outbox drained it has.
-        let drained = Instant::now();
-        loop {
-            let feed = self.count("SELECT count(*) FROM order_feed").await?;
-            let seen = self.count("SELECT count(*) FROM analytics_seen").await?;
-            if seen >= feed {
-                report.analytics_caught_up_s = Some(drained.elapsed().as_secs_f64());
-                break;
-            }
-            if drained.elapsed() > Duration::from_secs(120) {
-                progress(format!(
-                    "analytics still {} events behind 120 s after the outbox drained",
-                    feed - seen
-                ));
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        report.analytics_caught_up_s = self
+            .wait_analytics_caught_up(Duration::from_secs(120))
+            .await?;
+        progress(format!(
+            "throughput: {:.0} events/s; outbox drained after {:.1} s; analytics caught up {:?} s later",
+            report.throughput_events_per_s, report.outbox_drained_s, report.analytics_caught_up_s
+        ));
         report.worker_rss_after_throughput_mb = self.rss_mb().0;
         report.mean_batch_size = self.mean_batch_sizes().await.unwrap_or_default();
         progress(format!(

@@ -7,13 +7,17 @@
 //! batch for a rebuild); claim the events' ids in `analytics_seen` (those
 //! claimed before are duplicates: a redelivery, or the relay publishing an
 //! event again); read the orders the new events need (currency, creation
-//! time, lines); add the [`Delta`] to the rollup rows of this partition;
+//! time, lines; the first two usually from a bounded in-memory cache, since
+//! they never change once an order exists); add the [`Delta`] to the rollup
+//! rows of this partition;
 //! dead-letter, through the outbox, what cannot be read or counted. The
 //! loop commits, then stores the offset.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
 
 use anyhow::Context;
+use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -22,17 +26,58 @@ use crate::config::Settings;
 use crate::events::{
     avro, Codec, DeadLetter, DeadLetterClass, DecodeError, Normalized, OrderEvent,
 };
-use crate::store::analytics::{self, Delta};
+use crate::store::analytics::{self, Delta, OrderFacts};
 use crate::store::inbox::Outcome;
 use crate::store::outbox::{self, NewRecord};
 use crate::workers::consumer::Apply;
 use crate::workers::{BatchReport, RawMessage};
+
+/// Orders whose currency and creation time the cache keeps (about 7 MB).
+const CACHED_ORDERS: usize = 50_000;
 
 /// The analytics loop's [`Apply`].
 pub struct Analytics {
     codec: Codec,
     topic: String,
     dlq_topic: String,
+    orders: Mutex<OrderCache>,
+}
+
+/// Currency and creation time of recently seen orders: an order's later
+/// events (paid, cancelled) usually follow its creation by seconds, on the
+/// same partition, so most batches read no order at all. Oldest out first.
+#[derive(Default)]
+struct OrderCache {
+    facts: HashMap<String, (String, DateTime<Utc>)>,
+    age: VecDeque<String>,
+}
+
+impl OrderCache {
+    fn get(&self, order_id: &str) -> Option<OrderFacts> {
+        self.facts
+            .get(order_id)
+            .map(|(currency, created_at)| OrderFacts {
+                currency: currency.clone(),
+                created_at: *created_at,
+                lines: Vec::new(),
+            })
+    }
+
+    fn put(&mut self, order_id: &str, facts: &OrderFacts) {
+        if self.facts.contains_key(order_id) {
+            return;
+        }
+        if self.age.len() >= CACHED_ORDERS {
+            if let Some(oldest) = self.age.pop_front() {
+                self.facts.remove(&oldest);
+            }
+        }
+        self.facts.insert(
+            order_id.to_owned(),
+            (facts.currency.clone(), facts.created_at),
+        );
+        self.age.push_back(order_id.to_owned());
+    }
 }
 
 impl Analytics {
@@ -41,6 +86,7 @@ impl Analytics {
             codec,
             topic: settings.topics.order_events.clone(),
             dlq_topic: settings.topics.analytics_dlq(),
+            orders: Mutex::new(OrderCache::default()),
         }
     }
 
@@ -64,12 +110,16 @@ impl Analytics {
                 )));
             }
         }
-        let id = Uuid::parse_str(event.event_id.as_str()).map_err(|_| {
-            DecodeError::Invalid(format!(
-                "event_id {:?} is not a UUID (orderflow's order events always have one)",
-                event.event_id.as_str()
-            ))
-        })?;
+        // v7: its creation time leads, which is how old ids are purged.
+        let id = Uuid::parse_str(event.event_id.as_str())
+            .ok()
+            .filter(|id| id.get_version_num() == 7)
+            .ok_or_else(|| {
+                DecodeError::Invalid(format!(
+                    "event_id {:?} is not a UUID v7 (orderflow's order events always are)",
+                    event.event_id.as_str()
+                ))
+            })?;
         Ok((id, event))
     }
 
@@ -147,21 +197,38 @@ impl Apply for Analytics {
                 .filter(|(_, c)| **c)
                 .filter_map(|(d, _)| d.as_ref().ok().map(|(_, e)| e))
         };
-        let order_ids: Vec<&str> = new_events()
-            .filter(|e| needs_order(e))
-            .map(|e| e.order_id.as_str())
-            .collect();
-        let with_lines: Vec<&str> = new_events()
-            .filter(|e| needs_lines(e))
-            .map(|e| e.order_id.as_str())
-            .collect();
-        let orders = if order_ids.is_empty() {
-            HashMap::new()
-        } else {
-            analytics::order_facts(conn, &order_ids, &with_lines)
+        let mut orders: HashMap<String, OrderFacts> = HashMap::new();
+        let (mut missing, mut with_lines) = (Vec::new(), Vec::new());
+        {
+            let cache = self
+                .orders
+                .lock()
+                .expect("the order cache is never poisoned");
+            for event in new_events().filter(|e| needs_order(e)) {
+                let id = event.order_id.as_str();
+                if needs_lines(event) {
+                    with_lines.push(id);
+                    missing.push(id);
+                } else if let Some(facts) = cache.get(id) {
+                    orders.insert(id.to_owned(), facts);
+                } else {
+                    missing.push(id);
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let read = analytics::order_facts(conn, &missing, &with_lines)
                 .await
-                .context("failed to read the orders of the batch's events")?
-        };
+                .context("failed to read the orders of the batch's events")?;
+            let mut cache = self
+                .orders
+                .lock()
+                .expect("the order cache is never poisoned");
+            for (id, facts) in read {
+                cache.put(&id, &facts);
+                orders.insert(id, facts);
+            }
+        }
         let mut delta = Delta::default();
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut letters = Vec::new();

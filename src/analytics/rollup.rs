@@ -20,7 +20,7 @@ use crate::store::analytics::{Counts, Delta, OrderFacts, ProductSums};
 /// seconds: 1 s wide under a minute, 10 s under 10 minutes, 1 min under an
 /// hour, 10 min under a day, a day beyond. Negative times (clocks of two
 /// instances apart) count as 0. The SQL function `analytics_le_seconds` is
-/// the same (a test holds them equal).
+/// the same (the analytics tests hold both to one oracle).
 pub fn le_seconds(elapsed_ms: i64) -> i32 {
     let s = elapsed_ms.max(0) / 1000;
     let step = match s {

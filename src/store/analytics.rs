@@ -115,7 +115,8 @@ pub async fn claim(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<HashSe
 }
 
 /// Currency and creation time of the orders in `order_ids` that exist, with
-/// their lines for those also in `with_lines`.
+/// their lines for those also in `with_lines` (from `orders.items`, the
+/// lines as one document: one row per order to read). One statement.
 pub async fn order_facts(
     conn: &mut PgConnection,
     order_ids: &[&str],
@@ -124,43 +125,54 @@ pub async fn order_facts(
     if order_ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT order_id, currency, created_at FROM orders WHERE order_id = ANY($1)",
+    #[derive(serde::Deserialize)]
+    struct Item {
+        sku: String,
+        name: String,
+        quantity: i64,
+        line_total_minor: i64,
+    }
+    /// order_id, currency, created_at, lines (when asked for).
+    type Row = (
+        String,
+        String,
+        DateTime<Utc>,
+        Option<sqlx::types::Json<Vec<Item>>>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT order_id, currency, created_at,
+                    CASE WHEN order_id = ANY($2) THEN items END
+             FROM orders WHERE order_id = ANY($1)",
     )
     .bind(order_ids)
-    .fetch_all(&mut *conn)
+    .bind(with_lines)
+    .fetch_all(conn)
     .await?;
-    let mut facts: HashMap<String, OrderFacts> = rows
+    Ok(rows
         .into_iter()
-        .map(|(id, currency, created_at)| {
+        .map(|(id, currency, created_at, items)| {
+            let lines = items
+                .map(|items| {
+                    items
+                        .0
+                        .into_iter()
+                        .map(|i| Line {
+                            sku: i.sku,
+                            name: i.name,
+                            quantity: i.quantity,
+                            line_total_minor: i.line_total_minor,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             let facts = OrderFacts {
                 currency,
                 created_at,
-                lines: Vec::new(),
+                lines,
             };
             (id, facts)
         })
-        .collect();
-    if !with_lines.is_empty() {
-        let lines: Vec<(String, String, String, i32, i64)> = sqlx::query_as(
-            "SELECT order_id, sku, name, quantity, line_total_minor FROM order_items
-             WHERE order_id = ANY($1) ORDER BY order_id, line_no",
-        )
-        .bind(with_lines)
-        .fetch_all(conn)
-        .await?;
-        for (id, sku, name, quantity, line_total_minor) in lines {
-            if let Some(order) = facts.get_mut(&id) {
-                order.lines.push(Line {
-                    sku,
-                    name,
-                    quantity: i64::from(quantity),
-                    line_total_minor,
-                });
-            }
-        }
-    }
-    Ok(facts)
+        .collect())
 }
 
 /// Adds `delta` to the rows of partition `part`: three statements, rows in
@@ -543,16 +555,20 @@ FROM orders o JOIN order_items i USING (order_id)
 WHERE o.created_at >= $1 AND o.status <> 'REJECTED'
 GROUP BY 1, 2, 4";
 
-/// Forgets counted event ids older than `before`, a slice at a time.
-/// Returns how many went.
+/// Forgets counted event ids created before `before`, a slice at a time
+/// (ids are UUID v7: their first 48 bits are their creation time in
+/// milliseconds, so "older than" is a range of the primary key). Returns
+/// how many went.
 pub async fn purge_seen(pool: &PgPool, before: DateTime<Utc>) -> sqlx::Result<u64> {
+    let ms = u128::try_from(before.timestamp_millis()).unwrap_or(0);
+    let bound = Uuid::from_u128(ms << 80);
     let mut purged = 0;
     loop {
         let n = sqlx::query(
-            "DELETE FROM analytics_seen WHERE ctid = ANY(ARRAY(
-                 SELECT ctid FROM analytics_seen WHERE seen_at < $1 LIMIT 10000))",
+            "DELETE FROM analytics_seen WHERE event_id IN (
+                 SELECT event_id FROM analytics_seen WHERE event_id < $1 ORDER BY event_id LIMIT 10000)",
         )
-        .bind(before)
+        .bind(bound)
         .execute(pool)
         .await?
         .rows_affected();

@@ -515,3 +515,24 @@ async fn bad_ranges_and_parameters_get_400_with_a_message() {
     assert_eq!(summary["gross_revenue_minor"], 0);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_loop_and_the_rebuild_bucket_times_to_pay_alike() {
+    let env = TestEnv::new().await;
+    let mut samples: Vec<i64> = vec![-1, 0, 999, 1_000, 59_999, 60_000, 86_399_999, 86_400_000];
+    let mut rng = StdRng::seed_from_u64(5);
+    samples.extend((0..2_000).map(|_| rng.gen_range(0..40 * 86_400_000i64)));
+    let from_sql: Vec<i32> =
+        sqlx::query_scalar("SELECT analytics_le_seconds(ms) FROM unnest($1::bigint[]) WITH ORDINALITY AS t(ms, n) ORDER BY n")
+            .bind(&samples)
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    for (ms, sql) in samples.iter().zip(from_sql) {
+        assert_eq!(
+            orderflow::analytics::rollup::le_seconds(*ms),
+            sql,
+            "{ms} ms"
+        );
+    }
+}

@@ -104,6 +104,14 @@ async fn avro_in_and_out_through_the_registry() {
     }
     assert_eq!(types, ["OrderCreated", "OrderPaid"]);
 
+    // The analytics loop reads the Avro order-events as they are published.
+    env.wait_count("SELECT count(*) FROM analytics_seen", 2)
+        .await;
+    let (_, summary) = app.get("/analytics/summary").await;
+    assert_eq!(summary["orders_created"], 1, "{summary}");
+    assert_eq!(summary["orders_paid"], 1);
+    assert_eq!(summary["gross_revenue_minor"], CHECKOUT_TOTAL);
+
     app.stop().await;
 }
 
