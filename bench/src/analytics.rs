@@ -40,6 +40,7 @@ impl Bench {
     /// Bursts without, with, without, with the analytics loop.
     async fn analytics_cost(&mut self, o: &Options, report: &mut Report) -> anyhow::Result<()> {
         let (mut without, mut with) = (Vec::new(), Vec::new());
+        let (mut cpu_without, mut cpu_with) = (Vec::new(), Vec::new());
         for (round, analytics) in [(0, false), (1, true), (2, false), (3, true)] {
             let args: &[&str] = if analytics {
                 &[]
@@ -54,6 +55,9 @@ impl Bench {
                 self.wait_analytics_caught_up(Duration::from_secs(300))
                     .await?;
             }
+            let pid = self.worker()?.pid();
+            let cpu_before = crate::cpu::now(pid);
+            let events_before = self.count("SELECT count(*) FROM processed_events").await?;
             let rate = self
                 .burst(
                     o.analytics_checkouts,
@@ -61,8 +65,17 @@ impl Bench {
                     830_000_000_000 + round * 10_000_000_000,
                 )
                 .await?;
+            let events =
+                (self.count("SELECT count(*) FROM processed_events").await? - events_before) as u64;
+            let cpu = (crate::cpu::now(pid) - cpu_before).per_thousand(events);
+            if analytics {
+                &mut cpu_with
+            } else {
+                &mut cpu_without
+            }
+            .push(cpu);
             progress(format!(
-                "analytics: burst {} of {} checkouts {} the loop: {rate:.0} events/s",
+                "analytics: burst {} of {} checkouts {} the loop: {rate:.0} events/s; CPU ms per 1,000 events: {cpu:.0?}",
                 round + 1,
                 o.analytics_checkouts,
                 if analytics { "with" } else { "without" }
@@ -72,6 +85,20 @@ impl Bench {
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
         report.analytics_throughput_without = mean(&without);
         report.analytics_throughput_with = mean(&with);
+        let mean_cpu = |v: &[crate::cpu::CpuTimes]| {
+            let n = v.len().max(1) as f64;
+            let sum = v.iter().fold(crate::cpu::CpuTimes::default(), |a, c| {
+                crate::cpu::CpuTimes {
+                    worker: a.worker + c.worker / n,
+                    postgres: a.postgres + c.postgres / n,
+                    broker: a.broker + c.broker / n,
+                    machine: a.machine + c.machine / n,
+                }
+            });
+            sum
+        };
+        report.analytics_cpu_without = Some(mean_cpu(&cpu_without));
+        report.analytics_cpu_with = Some(mean_cpu(&cpu_with));
         Ok(())
     }
 

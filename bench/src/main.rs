@@ -9,6 +9,7 @@
 
 mod analytics;
 mod baselines;
+mod cpu;
 mod harness;
 mod http_load;
 mod load;

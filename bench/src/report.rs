@@ -56,6 +56,9 @@ pub struct Report {
     pub analytics_caught_up_s: Option<f64>,
     pub analytics_throughput_without: f64,
     pub analytics_throughput_with: f64,
+    /// CPU ms per 1,000 input events in those bursts (means).
+    pub analytics_cpu_without: Option<crate::cpu::CpuTimes>,
+    pub analytics_cpu_with: Option<crate::cpu::CpuTimes>,
     /// The throughput phase's order events replayed by an analytics-only
     /// worker into empty rollups.
     pub analytics_replay_events: i64,
@@ -188,6 +191,15 @@ impl Report {
                     self.analytics_throughput_with,
                     (self.analytics_throughput_with / self.analytics_throughput_without - 1.0)
                         * 100.0
+                ),
+            ));
+        }
+        if let (Some(a), Some(b)) = (self.analytics_cpu_without, self.analytics_cpu_with) {
+            rows.push((
+                "analytics: CPU ms per 1,000 events without → with".into(),
+                format!(
+                    "worker {:.0} → {:.0}, PostgreSQL {:.0} → {:.0}, broker {:.0} → {:.0}, machine {:.0} → {:.0}",
+                    a.worker, b.worker, a.postgres, b.postgres, a.broker, b.broker, a.machine, b.machine
                 ),
             ));
         }
