@@ -20,4 +20,4 @@ start_broker "memory://tansu/"
 say "building orderflow and its benchmark (release)"
 cargo build --release --locked -p orderflow -p orderflow-bench
 say "running the benchmark"
-./target/release/orderflow-bench "$@"
+"$TARGET/release/orderflow-bench" "$@"

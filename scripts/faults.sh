@@ -19,4 +19,4 @@ ensure_tansu
 say "building orderflow and the fault runner (release, several minutes the first time)"
 cargo build --release --locked -p orderflow -p orderflow-faults
 say "running the fault scenarios"
-./target/release/orderflow-faults "$@"
+"$TARGET/release/orderflow-faults" "$@"

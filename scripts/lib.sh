@@ -2,6 +2,9 @@
 # Sourced, not executed. Everything it starts is recorded for cleanup().
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Where cargo puts binaries (CARGO_TARGET_DIR when set, relative to ROOT if relative).
+TARGET="${CARGO_TARGET_DIR:-target}"
+case "$TARGET" in /*) ;; *) TARGET="$ROOT/$TARGET" ;; esac
 LOCAL="$ROOT/.local"
 mkdir -p "$LOCAL"
 export PATH="$HOME/.cargo/bin:$PATH"

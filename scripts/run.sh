@@ -25,7 +25,7 @@ start_broker "sqlite://.local/tansu/tansu.db"
 
 say "building orderflow (release)"
 cargo build --release --locked --quiet -p orderflow
-BIN="$ROOT/target/release/orderflow"
+BIN="$TARGET/release/orderflow"
 export HTTP_ADDR="${HTTP_ADDR:-127.0.0.1:8080}"
 
 say "applying migrations to $DATABASE_URL"

@@ -30,5 +30,5 @@ cargo test --locked "$@"
 if [ "$#" -eq 0 ]; then
   say "running the CI subset of the fault scenarios"
   cargo build --locked -p orderflow -p orderflow-faults
-  ./target/debug/orderflow-faults --quick --events "${FAULTS_EVENTS:-3000}" $FAULTS_CI
+  "$TARGET/debug/orderflow-faults" --quick --events "${FAULTS_EVENTS:-3000}" $FAULTS_CI
 fi
