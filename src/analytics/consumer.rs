@@ -21,11 +21,9 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::rollup::{needs_lines, needs_order};
+use super::rollup::{needs_lines, needs_order, Counted};
 use crate::config::Settings;
-use crate::events::{
-    avro, Codec, DeadLetter, DeadLetterClass, DecodeError, Normalized, OrderEvent,
-};
+use crate::events::{avro, Codec, DeadLetter, DeadLetterClass, DecodeError, Normalized};
 use crate::store::analytics::{self, Delta, OrderFacts};
 use crate::store::inbox::Outcome;
 use crate::store::outbox::{self, NewRecord};
@@ -90,17 +88,18 @@ impl Analytics {
         }
     }
 
-    async fn decode_one(&self, msg: &RawMessage) -> Result<(Uuid, OrderEvent), DecodeError> {
+    async fn decode_one(&self, msg: &RawMessage) -> Result<(Uuid, Counted), DecodeError> {
         let normalized = self
             .codec
             .normalize(&avro::ORDER_EVENT, msg.payload.as_deref())
             .await?;
-        let event: OrderEvent = match normalized {
+        let event: Counted = match normalized {
             Normalized::Json(bytes) => serde_json::from_slice(bytes)?,
             Normalized::Document(doc) => {
-                avro::order_event_from_envelope(doc).map_err(DecodeError::Invalid)?
+                Counted::of(&avro::order_event_from_envelope(doc).map_err(DecodeError::Invalid)?)
             }
         };
+        event.check().map_err(DecodeError::Invalid)?;
         if let Some(key) = &msg.key {
             if key.as_slice() != event.order_id.as_str().as_bytes() {
                 return Err(DecodeError::Invalid(format!(
@@ -144,7 +143,7 @@ impl Analytics {
     }
 }
 
-type Decoded = Result<(Uuid, OrderEvent), DecodeError>;
+type Decoded = Result<(Uuid, Counted), DecodeError>;
 
 impl Apply for Analytics {
     type Decoded = Vec<Decoded>;
