@@ -23,10 +23,11 @@ use uuid::Uuid;
 
 use super::rollup::{needs_lines, needs_order, Counted};
 use crate::config::Settings;
-use crate::events::{avro, Codec, DeadLetter, DeadLetterClass, DecodeError, Normalized};
+use crate::events::{avro, Codec, DeadLetterClass, DecodeError, Normalized};
 use crate::store::analytics::{self, Delta, OrderFacts};
 use crate::store::inbox::Outcome;
 use crate::store::outbox::{self, NewRecord};
+use crate::workers::batch::{check_key, dead_letter_of, decode_each};
 use crate::workers::consumer::Apply;
 use crate::workers::{BatchReport, RawMessage};
 
@@ -100,15 +101,7 @@ impl Analytics {
             }
         };
         event.check().map_err(DecodeError::Invalid)?;
-        if let Some(key) = &msg.key {
-            if key.as_slice() != event.order_id.as_str().as_bytes() {
-                return Err(DecodeError::Invalid(format!(
-                    "message key {:?} does not match order_id {:?}",
-                    String::from_utf8_lossy(&key[..key.len().min(140)]),
-                    event.order_id.as_str()
-                )));
-            }
-        }
+        check_key(msg, event.order_id.as_str())?;
         // v7: its creation time leads, which is how old ids are purged.
         let id = Uuid::parse_str(event.event_id.as_str())
             .ok()
@@ -128,18 +121,7 @@ impl Analytics {
         class: DeadLetterClass,
         reason: &str,
     ) -> NewRecord {
-        NewRecord::dead_letter(
-            &self.dlq_topic,
-            &DeadLetter {
-                class,
-                reason,
-                source_topic: &self.topic,
-                source_partition: msg.partition,
-                source_offset: msg.offset,
-                key: msg.key.as_deref(),
-                payload: msg.payload.as_deref(),
-            },
-        )
+        dead_letter_of(&self.topic, &self.dlq_topic, msg, class, reason)
     }
 }
 
@@ -157,14 +139,7 @@ impl Apply for Analytics {
     }
 
     async fn decode(&self, batch: &[RawMessage]) -> Result<Vec<Decoded>, DecodeError> {
-        let mut decoded = Vec::with_capacity(batch.len());
-        for msg in batch {
-            match self.decode_one(msg).await {
-                Err(e) if e.is_transient() => return Err(e),
-                other => decoded.push(other),
-            }
-        }
-        Ok(decoded)
+        decode_each(batch, |msg| self.decode_one(msg)).await
     }
 
     async fn apply(

@@ -90,14 +90,7 @@ impl<H: Handler> Applier<H> {
         &self,
         batch: &[RawMessage],
     ) -> Result<Vec<Decoded<H::Event>>, DecodeError> {
-        let mut decoded = Vec::with_capacity(batch.len());
-        for msg in batch {
-            match self.decode_one(msg).await {
-                Err(e) if e.is_transient() => return Err(e),
-                other => decoded.push(other),
-            }
-        }
-        Ok(decoded)
+        decode_each(batch, |msg| self.decode_one(msg)).await
     }
 
     async fn decode_one(&self, msg: &RawMessage) -> Decoded<H::Event> {
@@ -106,17 +99,7 @@ impl<H: Handler> Applier<H> {
             .normalize(self.handler.reader_schema(), msg.payload.as_deref())
             .await?;
         let event = self.handler.decode(&self.codec, &normalized)?;
-        // The key decides the partition and so the per-order ordering
-        // guarantee; a message keyed by something else breaks it.
-        if let Some(key) = &msg.key {
-            let order_id = event.order_id().as_str();
-            if key.as_slice() != order_id.as_bytes() {
-                return Err(DecodeError::Invalid(format!(
-                    "message key {:?} does not match order_id {order_id:?}",
-                    String::from_utf8_lossy(&key[..key.len().min(140)])
-                )));
-            }
-        }
+        check_key(msg, event.order_id().as_str())?;
         Ok(event)
     }
 
@@ -249,18 +232,7 @@ impl<H: Handler> Applier<H> {
         class: DeadLetterClass,
         reason: &str,
     ) -> NewRecord {
-        NewRecord::dead_letter(
-            &self.dlq_topic,
-            &DeadLetter {
-                class,
-                reason,
-                source_topic: &self.topic,
-                source_partition: msg.partition,
-                source_offset: msg.offset,
-                key: msg.key.as_deref(),
-                payload: msg.payload.as_deref(),
-            },
-        )
+        dead_letter_of(&self.topic, &self.dlq_topic, msg, class, reason)
     }
 
     /// Dead-letters one message in the caller's transaction: it failed alone
@@ -276,6 +248,61 @@ impl<H: Handler> Applier<H> {
             .await
             .context("failed to enqueue dead letter")
     }
+}
+
+/// Decodes each message of a batch with `decode_one`: per message its event
+/// or a permanent error; `Err` at the first transient error (the whole batch
+/// is retried).
+pub async fn decode_each<'a, T, F, Fut>(
+    batch: &'a [RawMessage],
+    decode_one: F,
+) -> Result<Vec<Result<T, DecodeError>>, DecodeError>
+where
+    F: Fn(&'a RawMessage) -> Fut,
+    Fut: std::future::Future<Output = Result<T, DecodeError>>,
+{
+    let mut decoded = Vec::with_capacity(batch.len());
+    for msg in batch {
+        match decode_one(msg).await {
+            Err(e) if e.is_transient() => return Err(e),
+            other => decoded.push(other),
+        }
+    }
+    Ok(decoded)
+}
+
+/// The key decides the partition and so the per-order ordering guarantee:
+/// a message keyed by something other than its order id breaks it.
+pub fn check_key(msg: &RawMessage, order_id: &str) -> Result<(), DecodeError> {
+    match &msg.key {
+        Some(key) if key.as_slice() != order_id.as_bytes() => Err(DecodeError::Invalid(format!(
+            "message key {:?} does not match order_id {order_id:?}",
+            String::from_utf8_lossy(&key[..key.len().min(140)])
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The dead letter of `msg`, read from `topic`, for `dlq_topic`.
+pub fn dead_letter_of(
+    topic: &str,
+    dlq_topic: &str,
+    msg: &RawMessage,
+    class: DeadLetterClass,
+    reason: &str,
+) -> NewRecord {
+    NewRecord::dead_letter(
+        dlq_topic,
+        &DeadLetter {
+            class,
+            reason,
+            source_topic: topic,
+            source_partition: msg.partition,
+            source_offset: msg.offset,
+            key: msg.key.as_deref(),
+            payload: msg.payload.as_deref(),
+        },
+    )
 }
 
 /// Whether retrying the same batch can succeed: any error in the chain is a
