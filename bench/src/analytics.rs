@@ -37,11 +37,13 @@ impl Bench {
         self.analytics_reads(o, report).await
     }
 
-    /// Bursts without, with, without, with the analytics loop.
+    /// Bursts without and with the analytics loop, alternated,
+    /// `--analytics-rounds` times each.
     async fn analytics_cost(&mut self, o: &Options, report: &mut Report) -> anyhow::Result<()> {
         let (mut without, mut with) = (Vec::new(), Vec::new());
         let (mut cpu_without, mut cpu_with) = (Vec::new(), Vec::new());
-        for (round, analytics) in [(0, false), (1, true), (2, false), (3, true)] {
+        let rounds = (0..2 * o.analytics_rounds).map(|round| (round, round % 2 == 1));
+        for (round, analytics) in rounds {
             let args: &[&str] = if analytics {
                 &[]
             } else {
@@ -62,7 +64,7 @@ impl Bench {
                 .burst(
                     o.analytics_checkouts,
                     &format!("an{round}"),
-                    830_000_000_000 + round * 10_000_000_000,
+                    2_000_000_000_000 + round as i64 * 10_000_000_000,
                 )
                 .await?;
             let events =
@@ -85,6 +87,7 @@ impl Bench {
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
         report.analytics_throughput_without = mean(&without);
         report.analytics_throughput_with = mean(&with);
+        report.analytics_rounds = o.analytics_rounds;
         let mean_cpu = |v: &[crate::cpu::CpuTimes]| {
             let n = v.len().max(1) as f64;
             let sum = v.iter().fold(crate::cpu::CpuTimes::default(), |a, c| {

@@ -61,10 +61,13 @@ pub struct Options {
     /// its routes with `--analytics-orders` orders).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub analytics: bool,
-    /// Checkouts of the mix in each of the analytics phase's four bursts
-    /// (without, with, without, with the analytics loop; 0 skips them).
+    /// Checkouts of the mix in each of the analytics phase's bursts
+    /// (without, with, without, with the analytics loop, ...; 0 skips them).
     #[arg(long, default_value_t = 20_000)]
     pub analytics_checkouts: u64,
+    /// How many bursts without and with the loop (each).
+    #[arg(long, default_value_t = 2)]
+    pub analytics_rounds: u64,
     /// Orders in the database (synthetic ones over 90 days are added up to
     /// this) when the analytics routes and the rebuild are measured.
     #[arg(long, default_value_t = 1_000_000)]

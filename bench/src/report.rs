@@ -56,6 +56,7 @@ pub struct Report {
     pub analytics_caught_up_s: Option<f64>,
     pub analytics_throughput_without: f64,
     pub analytics_throughput_with: f64,
+    pub analytics_rounds: u64,
     /// CPU ms per 1,000 input events in those bursts (means).
     pub analytics_cpu_without: Option<crate::cpu::CpuTimes>,
     pub analytics_cpu_with: Option<crate::cpu::CpuTimes>,
@@ -186,11 +187,12 @@ impl Report {
             rows.push((
                 "analytics: throughput without → with the loop".into(),
                 format!(
-                    "{:.0} → {:.0} events/s ({:+.1} %, mean of 2 bursts each, alternated)",
+                    "{:.0} → {:.0} events/s ({:+.1} %, mean of {} bursts each, alternated)",
                     self.analytics_throughput_without,
                     self.analytics_throughput_with,
                     (self.analytics_throughput_with / self.analytics_throughput_without - 1.0)
-                        * 100.0
+                        * 100.0,
+                    self.analytics_rounds
                 ),
             ));
         }
