@@ -138,21 +138,6 @@ impl Apply for Analytics {
         format!("{}.analytics", settings.group_id)
     }
 
-    /// Fewer, fuller fetches: the figures may trail by a fraction of a
-    /// second, and every fetch costs the broker and this process CPU that
-    /// the write path would rather have (on Kafka a fetch returns once 256
-    /// KB are there or after 100 ms; Tansu holds each for the 100 ms). At
-    /// most 256 KB per partition per fetch keeps what a fetch holds in
-    /// memory small; that is still 2,500 events per partition per second
-    /// and fetch.
-    fn consumer_properties(&self) -> &'static [(&'static str, &'static str)] {
-        &[
-            ("fetch.wait.max.ms", "100"),
-            ("fetch.min.bytes", "262144"),
-            ("max.partition.fetch.bytes", "262144"),
-        ]
-    }
-
     async fn decode(&self, batch: &[RawMessage]) -> Result<Vec<Decoded>, DecodeError> {
         decode_each(batch, |msg| self.decode_one(msg)).await
     }

@@ -27,16 +27,6 @@ pub fn base_config(settings: &Settings) -> ClientConfig {
 /// At-least-once consumer: offsets are auto-committed in the background, but
 /// only offsets the loop explicitly *stored* after its database commit.
 pub fn consumer_config(settings: &Settings, group_id: &str) -> ClientConfig {
-    consumer_config_with(settings, group_id, &[])
-}
-
-/// [`consumer_config`] with a loop's own `properties` over the common ones
-/// (`KAFKA_CONSUMER_CONFIG` still wins over both).
-pub fn consumer_config_with(
-    settings: &Settings,
-    group_id: &str,
-    properties: &[(&str, &str)],
-) -> ClientConfig {
     let mut config = client(settings);
     config
         .set("group.id", group_id)
@@ -57,9 +47,6 @@ pub fn consumer_config_with(
         // fetch for this long (docs/tansu.md), so keep it short. On Kafka it
         // only bounds idle long-polls (about 100 fetches/s per idle loop).
         .set("fetch.wait.max.ms", "10");
-    for (key, value) in properties {
-        config.set(*key, *value);
-    }
     apply_extra(&mut config, settings, &settings.kafka_consumer_extra);
     config
 }

@@ -80,11 +80,6 @@ pub trait Apply: Send + Sync + 'static {
         settings.group_for(self.topic())
     }
 
-    /// librdkafka properties of this loop's consumer over the common ones.
-    fn consumer_properties(&self) -> &'static [(&'static str, &'static str)] {
-        &[]
-    }
-
     /// Per message, its event or a permanent error; `Err` only when a
     /// transient failure (the schema registry) should retry the batch.
     fn decode<'a>(
@@ -296,7 +291,7 @@ pub async fn run<A: Apply>(
     let group = applier.group(&deps.settings);
     let context = LoopContext::new(&topic, &group, deps.metrics.clone());
     let consumer: StreamConsumer<LoopContext> =
-        crate::kafka::consumer_config_with(&deps.settings, &group, applier.consumer_properties())
+        crate::kafka::consumer_config(&deps.settings, &group)
             .create_with_context(context)
             .context("failed to create Kafka consumer")?;
     consumer
