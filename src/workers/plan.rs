@@ -67,8 +67,8 @@ impl Tally {
 
 #[derive(Debug)]
 pub struct Plan {
-    /// The batch's instant: every event's `occurred_at` and every row's time.
-    at: DateTime<Utc>,
+    /// Its `at` is the batch's instant: every row's time and every event's
+    /// `occurred_at`.
     changes: Changes,
     /// Index into `changes.orders` of each order created by this batch.
     created: HashMap<OrderId, usize>,
@@ -89,10 +89,8 @@ impl Plan {
     /// An empty plan whose rows and events are stamped `at` (milliseconds;
     /// finer is dropped, as on the wire).
     pub fn new(at: DateTime<Utc>) -> Self {
-        let at = crate::clock::truncate_ms(at);
         Plan {
-            at,
-            changes: Changes::at(at),
+            changes: Changes::at(crate::clock::truncate_ms(at)),
             created: HashMap::new(),
             updated: HashMap::new(),
             events: Vec::new(),
@@ -196,8 +194,13 @@ impl Plan {
             } => self.tally.paid.push((currency.clone(), *amount_minor)),
             _ => {}
         }
-        self.events
-            .push(OrderEvent::new(cause, order_id, status, self.at, body));
+        self.events.push(OrderEvent::new(
+            cause,
+            order_id,
+            status,
+            self.changes.at,
+            body,
+        ));
     }
 
     /// The orders this batch creates, in their current planned state.
