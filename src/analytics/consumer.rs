@@ -27,7 +27,7 @@ use crate::events::{avro, Codec, DeadLetterClass, DecodeError, Normalized};
 use crate::store::analytics::{self, Delta, OrderFacts};
 use crate::store::inbox::Outcome;
 use crate::store::outbox::{self, NewRecord};
-use crate::workers::batch::{check_key, dead_letter_of, decode_each};
+use crate::workers::batch::{check_key, dead_letter_alone, dead_letter_of, decode_each};
 use crate::workers::consumer::Apply;
 use crate::workers::{BatchReport, RawMessage};
 
@@ -250,10 +250,7 @@ impl Apply for Analytics {
         msg: &RawMessage,
         reason: &str,
     ) -> anyhow::Result<()> {
-        let record = self.dead_letter_record(msg, DeadLetterClass::Database, reason);
-        outbox::enqueue_many(conn, &[record])
-            .await
-            .context("failed to enqueue dead letter")
+        dead_letter_alone(conn, &self.topic, &self.dlq_topic, msg, reason).await
     }
 }
 

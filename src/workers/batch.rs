@@ -243,10 +243,7 @@ impl<H: Handler> Applier<H> {
         msg: &RawMessage,
         reason: &str,
     ) -> anyhow::Result<()> {
-        let record = self.dead_letter_record(msg, DeadLetterClass::Database, reason);
-        outbox::enqueue_many(conn, &[record])
-            .await
-            .context("failed to enqueue dead letter")
+        dead_letter_alone(conn, &self.topic, &self.dlq_topic, msg, reason).await
     }
 }
 
@@ -303,6 +300,21 @@ pub fn dead_letter_of(
             payload: msg.payload.as_deref(),
         },
     )
+}
+
+/// Dead-letters `msg`, read from `topic`, onto `dlq_topic` in the caller's
+/// transaction: it failed alone for a reason the database gives every time.
+pub async fn dead_letter_alone(
+    conn: &mut PgConnection,
+    topic: &str,
+    dlq_topic: &str,
+    msg: &RawMessage,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let record = dead_letter_of(topic, dlq_topic, msg, DeadLetterClass::Database, reason);
+    outbox::enqueue_many(conn, &[record])
+        .await
+        .context("failed to enqueue dead letter")
 }
 
 /// Whether retrying the same batch can succeed: any error in the chain is a
