@@ -130,6 +130,9 @@ type Decoded = Result<(Uuid, Counted), DecodeError>;
 impl Apply for Analytics {
     type Decoded = Vec<Decoded>;
 
+    /// It only reads order events: nothing for live streams to pick up.
+    const ANNOUNCES: bool = false;
+
     fn topic(&self) -> &str {
         &self.topic
     }

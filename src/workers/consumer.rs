@@ -72,6 +72,10 @@ pub trait Apply: Send + Sync + 'static {
     /// A decoded batch.
     type Decoded: Send + Sync;
 
+    /// Whether its batches announce order events (and so append to the
+    /// order feed, whose notifier is then woken after each commit).
+    const ANNOUNCES: bool = true;
+
     /// The topic the loop reads.
     fn topic(&self) -> &str;
 
@@ -146,7 +150,8 @@ pub struct LoopDeps {
     pub metrics: Arc<Metrics>,
     /// Woken after every commit that may have written outbox rows.
     pub outbox_wakeup: Arc<Notify>,
-    /// Wakes the feed notifier (`realtime::notifier`) after each commit.
+    /// Wakes the feed notifier (`realtime::notifier`) after each commit of
+    /// a loop whose batches announce order events.
     pub feed_wakeup: Arc<Notify>,
 }
 
@@ -523,7 +528,9 @@ impl<A: Apply> BatchProcessor<'_, A> {
         }
         report.tally.report(metrics);
         self.deps.outbox_wakeup.notify_one();
-        self.deps.feed_wakeup.notify_one();
+        if A::ANNOUNCES {
+            self.deps.feed_wakeup.notify_one();
+        }
         if let Err(e) = consumer.store_offset(topic, done.partition, done.last_offset) {
             // The partition was revoked meanwhile; its next owner re-reads
             // the batch and the inbox skips it.
