@@ -66,6 +66,8 @@ struct ConsumerMetrics {
     transient_failures: IntCounterVec,
     consumer_lag: IntGaugeVec,
     consumer_up: IntGaugeVec,
+    rewinds: IntCounterVec,
+    offsets_skipped: IntCounterVec,
 }
 
 impl ConsumerMetrics {
@@ -133,6 +135,16 @@ impl ConsumerMetrics {
             consumer_up: r.gauges(
                 "consumer_up",
                 "1 while the consumer loop of a topic runs",
+                &["topic"],
+            ),
+            rewinds: r.counters(
+                "consumer_rewinds_total",
+                "Seeks back over a gap the broker left in a gap-free topic (order-events)",
+                &["topic"],
+            ),
+            offsets_skipped: r.counters(
+                "consumer_offsets_skipped_total",
+                "Offsets of a gap-free topic never delivered, even reading from offset 0",
                 &["topic"],
             ),
         }
@@ -530,6 +542,19 @@ impl Metrics {
             .group_lag
             .with_label_values(&[group, topic])
             .set(lag);
+    }
+
+    /// A loop sought back over a gap the broker left.
+    pub fn rewound(&self, topic: &str) {
+        self.consumer.rewinds.with_label_values(&[topic]).inc();
+    }
+
+    /// A loop went on past `n` offsets it could not be given.
+    pub fn offsets_skipped(&self, topic: &str, n: i64) {
+        self.consumer
+            .offsets_skipped
+            .with_label_values(&[topic])
+            .inc_by(u64::try_from(n).unwrap_or(0));
     }
 
     pub fn group_rejoined(&self, group: &str) {

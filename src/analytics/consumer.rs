@@ -133,6 +133,10 @@ impl Apply for Analytics {
     /// It only reads order events: nothing for live streams to pick up.
     const ANNOUNCES: bool = false;
 
+    /// `order-events` is written by the relay alone, without transactions:
+    /// a gap is a broker skipping records (Tansu, docs/tansu.md).
+    const GAP_FREE: bool = true;
+
     fn topic(&self) -> &str {
         &self.topic
     }

@@ -25,6 +25,11 @@
 //! messages are dropped (the next owner re-reads them) before any message of
 //! the new assignment is buffered.
 //!
+//! Gaps: on a topic whose offsets have none ([`Apply::GAP_FREE`], orderflow's
+//! own `order-events`), every message is checked against the offset its
+//! partition expects (`positions`); a gap a broker left is read again by
+//! seeking back, so no record is skipped unseen.
+//!
 //! Memory: at most `BATCH_MAX_MESSAGES × (BATCH_CONCURRENCY + 2)` messages
 //! wait in the buffers (plus up to `BATCH_MAX_MESSAGES × BATCH_CONCURRENCY` in
 //! flight); when they are full the loop stops taking messages from librdkafka,
@@ -48,7 +53,7 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::TopicPartitionList;
+use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -59,6 +64,7 @@ use super::batch::{is_transient, Applier, BatchReport, RawMessage};
 use super::buffers::Buffers;
 use super::intake::{commit_stored, Intake, LoopContext, Received};
 use super::membership::Membership;
+use super::positions::{Positions, Verdict};
 use super::Handler;
 use crate::config::Settings;
 use crate::events::DecodeError;
@@ -75,6 +81,13 @@ pub trait Apply: Send + Sync + 'static {
     /// Whether its batches announce order events (and so append to the
     /// order feed, whose notifier is then woken after each commit).
     const ANNOUNCES: bool = true;
+
+    /// Whether the topic's offsets have no gaps (written by orderflow's
+    /// idempotent, non-transactional relay, never compacted): the loop then
+    /// checks each message's offset and reads a gap again (`positions`).
+    /// Not for input topics, where a transactional upstream producer's
+    /// commit markers leave gaps legitimately.
+    const GAP_FREE: bool = false;
 
     /// The topic the loop reads.
     fn topic(&self) -> &str;
@@ -155,6 +168,9 @@ pub struct LoopDeps {
     pub feed_wakeup: Arc<Notify>,
 }
 
+/// How long a seek back over a gap may take to start.
+const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long the buffers may stay full before the loop pauses its assignment.
 const STUCK_AFTER: Duration = Duration::from_secs(1);
 
@@ -177,10 +193,12 @@ struct LoopState<'a> {
     /// Broker errors in a row, and when receiving may resume after the last.
     receive_errors: u32,
     receive_after: Option<Instant>,
+    /// Each partition's next offset, on a gap-free topic.
+    positions: Option<Positions>,
 }
 
 impl<'a> LoopState<'a> {
-    fn new(topic: &'a str, settings: &Settings) -> Self {
+    fn new(topic: &'a str, settings: &Settings, gap_free: bool) -> Self {
         LoopState {
             topic,
             buffers: Buffers::new(settings.batch_max_messages, settings.batch_max_wait),
@@ -191,6 +209,7 @@ impl<'a> LoopState<'a> {
             full_since: None,
             receive_errors: 0,
             receive_after: None,
+            positions: gap_free.then(Positions::default),
         }
     }
 
@@ -226,14 +245,31 @@ impl<'a> LoopState<'a> {
     }
 
     /// Takes what the consumer handed over.
-    fn absorb(&mut self, received: Received) {
+    fn absorb(
+        &mut self,
+        received: Received,
+        consumer: &StreamConsumer<LoopContext>,
+        metrics: &Metrics,
+    ) {
         match received {
             Received::Message(msg) => {
                 self.receive_errors = 0;
-                self.buffers.push(msg, Instant::now());
+                if self.in_position(&msg, consumer, metrics) {
+                    self.buffers.push(msg, Instant::now());
+                }
+            }
+            Received::Assigned(starts) => {
+                if let Some(positions) = &mut self.positions {
+                    for (partition, committed) in starts {
+                        positions.assigned(partition, committed);
+                    }
+                }
             }
             Received::Revoked(partitions) => {
                 for partition in partitions {
+                    if let Some(positions) = &mut self.positions {
+                        positions.revoked(partition);
+                    }
                     let dropped = self.buffers.drop_partition(partition);
                     if dropped > 0 {
                         debug!(
@@ -248,6 +284,58 @@ impl<'a> LoopState<'a> {
                 let wait = RETRY.delay(self.receive_errors);
                 warn!(topic = self.topic, error = %e, retry_in_ms = wait.as_millis() as u64, "Kafka consumer error");
                 self.receive_after = Some(Instant::now() + wait);
+            }
+        }
+    }
+
+    /// Whether `msg` is the next of its partition (always, on a topic that
+    /// may have gaps). A message past a gap starts a rewind instead.
+    fn in_position(
+        &mut self,
+        msg: &RawMessage,
+        consumer: &StreamConsumer<LoopContext>,
+        metrics: &Metrics,
+    ) -> bool {
+        let Some(positions) = &mut self.positions else {
+            return true;
+        };
+        let (topic, partition) = (self.topic, msg.partition);
+        match positions.check(partition, msg.offset) {
+            Verdict::Take => true,
+            Verdict::Drop => false,
+            Verdict::Rewind(to) => {
+                // Dropping what librdkafka prefetched: messages fetched
+                // before the seek never reach the loop.
+                match consumer.seek(topic, partition, Offset::Offset(to), SEEK_TIMEOUT) {
+                    Ok(()) => {
+                        metrics.rewound(topic);
+                        warn!(
+                            topic,
+                            partition,
+                            received = msg.offset,
+                            rewind_to = to,
+                            "the broker skipped offsets; reading the partition again from further back"
+                        );
+                    }
+                    Err(e) => {
+                        positions.rewind_failed(partition);
+                        warn!(topic, partition, error = %e, "failed to seek back over a gap; trying again on the next message");
+                    }
+                }
+                false
+            }
+            Verdict::TakeAfterGap { missing_from } => {
+                let missing = msg.offset - missing_from;
+                metrics.offsets_skipped(topic, missing);
+                error!(
+                    topic,
+                    partition,
+                    from = missing_from,
+                    to = msg.offset - 1,
+                    missing,
+                    "records were never delivered, even reading from offset 0 (deleted by retention?); going on without them"
+                );
+                true
             }
         }
     }
@@ -294,7 +382,7 @@ pub async fn run<A: Apply>(
 ) -> anyhow::Result<()> {
     let topic = applier.topic().to_owned();
     let group = applier.group(&deps.settings);
-    let context = LoopContext::new(&topic, &group, deps.metrics.clone());
+    let context = LoopContext::new(&topic, &group, deps.metrics.clone(), A::GAP_FREE);
     let consumer: StreamConsumer<LoopContext> =
         crate::kafka::consumer_config(&deps.settings, &group)
             .create_with_context(context)
@@ -340,7 +428,12 @@ async fn consume<'a, A: Apply>(
     shutdown: &'a CancellationToken,
     rejoin: &AtomicBool,
 ) {
-    let mut state = LoopState::new(processor.applier.topic(), &processor.deps.settings);
+    let mut state = LoopState::new(
+        processor.applier.topic(),
+        &processor.deps.settings,
+        A::GAP_FREE,
+    );
+    let metrics = &*processor.deps.metrics;
     let mut intake = Intake::new(consumer);
     // Re-evaluates pausing when nothing else wakes the loop (batches stuck
     // retrying or waiting on a lock while the buffers are full).
@@ -365,11 +458,11 @@ async fn consume<'a, A: Apply>(
             _ = sleep_until_opt(resume_receiving) => state.receive_after = None,
             _ = tick.tick() => {}
             received = intake.next(), if receive => {
-                state.absorb(received);
+                state.absorb(received, consumer, metrics);
                 // Take everything already fetched: that is the batch.
                 while !state.full() && state.receive_after.is_none() {
                     match intake.ready() {
-                        Some(received) => state.absorb(received),
+                        Some(received) => state.absorb(received, consumer, metrics),
                         None => break,
                     }
                 }

@@ -1,10 +1,13 @@
 //! The Kafka side of a consumer loop: the consumer's callbacks (lag from
-//! statistics, offsets committed and partitions recorded on revoke) and the
-//! [`Intake`], which hands the loop messages, revocations and errors in the
-//! order librdkafka served them.
+//! statistics, offsets committed and partitions recorded on revoke, the
+//! group's committed offsets read on assign when the loop checks positions)
+//! and the [`Intake`], which hands the loop messages, revocations,
+//! assignments and errors in the order librdkafka served them.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{
@@ -13,7 +16,7 @@ use rdkafka::consumer::{
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
-use rdkafka::ClientContext;
+use rdkafka::{ClientContext, Offset};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -27,17 +30,30 @@ pub(super) struct LoopContext {
     metrics: Arc<Metrics>,
     /// Partitions revoked since the intake last looked.
     revoked: Mutex<Vec<i32>>,
+    /// Whether assignments are handed to the loop with the group's committed
+    /// offsets (a loop that checks positions, `workers::positions`).
+    with_committed: bool,
+    /// Partitions assigned since the intake last looked, with the group's
+    /// committed offset of each (`None`: none, or it could not be read).
+    assigned: Mutex<Vec<(i32, Option<i64>)>>,
     /// The current assignment, for the membership watch.
     assignment: watch::Sender<Vec<i32>>,
 }
 
 impl LoopContext {
-    pub(super) fn new(topic: &str, group: &str, metrics: Arc<Metrics>) -> Self {
+    pub(super) fn new(
+        topic: &str,
+        group: &str,
+        metrics: Arc<Metrics>,
+        with_committed: bool,
+    ) -> Self {
         LoopContext {
             topic: topic.to_owned(),
             group: group.to_owned(),
             metrics,
             revoked: Mutex::new(Vec::new()),
+            with_committed,
+            assigned: Mutex::new(Vec::new()),
             assignment: watch::Sender::new(Vec::new()),
         }
     }
@@ -90,13 +106,47 @@ impl ConsumerContext for LoopContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
             info!(topic = %self.topic, ?partitions, "partitions assigned");
             self.metrics
                 .rebalanced(&self.topic, "assign", partitions.len());
+            if self.with_committed {
+                let starts = self.committed(consumer, tpl, &partitions);
+                self.assigned
+                    .lock()
+                    .expect("assigned list lock")
+                    .extend(starts);
+            }
             self.assignment.send_replace(partitions);
+        }
+    }
+}
+
+impl LoopContext {
+    /// The group's committed offset of each assigned partition: where its
+    /// messages must start. Unknown ones (`None`) are learnt from the first
+    /// message.
+    fn committed(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &rdkafka::TopicPartitionList,
+        partitions: &[i32],
+    ) -> Vec<(i32, Option<i64>)> {
+        match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+            Ok(committed) => committed
+                .elements()
+                .iter()
+                .map(|e| match e.offset() {
+                    Offset::Offset(n) => (e.partition(), Some(n)),
+                    _ => (e.partition(), None),
+                })
+                .collect(),
+            Err(e) => {
+                warn!(topic = %self.topic, error = %e, "failed to read committed offsets; positions are learnt from the first messages");
+                partitions.iter().map(|p| (*p, None)).collect()
+            }
         }
     }
 }
@@ -113,16 +163,20 @@ pub(super) fn commit_stored<C: Consumer<LoopContext>>(consumer: &C, topic: &str,
 pub(super) enum Received {
     Message(RawMessage),
     Revoked(Vec<i32>),
+    /// Partitions assigned, with the group's committed offsets (only for a
+    /// loop that checks positions).
+    Assigned(Vec<(i32, Option<i64>)>),
     Error(KafkaError),
 }
 
-/// The consumer's stream, with revocations (recorded by the rebalance
-/// callback during a poll) delivered before whatever that poll returned.
+/// The consumer's stream, with revocations and assignments (recorded by the
+/// rebalance callbacks during a poll) delivered before whatever that poll
+/// returned.
 pub(super) struct Intake<'c> {
     consumer: &'c StreamConsumer<LoopContext>,
     stream: MessageStream<'c, LoopContext>,
-    /// A message that came with a revocation, handed out right after it.
-    stashed: Option<Received>,
+    /// What came with a rebalance, handed out right after it.
+    stashed: VecDeque<Received>,
 }
 
 impl<'c> Intake<'c> {
@@ -130,12 +184,12 @@ impl<'c> Intake<'c> {
         Intake {
             consumer,
             stream: consumer.stream(),
-            stashed: None,
+            stashed: VecDeque::new(),
         }
     }
 
     fn poll_next(&mut self, cx: &mut TaskContext<'_>) -> Poll<Received> {
-        if let Some(stashed) = self.stashed.take() {
+        if let Some(stashed) = self.stashed.pop_front() {
             return Poll::Ready(stashed);
         }
         let polled = match self.stream.poll_next_unpin(cx) {
@@ -149,19 +203,17 @@ impl<'c> Intake<'c> {
             Poll::Ready(None) => unreachable!("Kafka message streams never end"),
             Poll::Pending => None,
         };
-        let revoked = std::mem::take(
-            &mut *self
-                .consumer
-                .context()
-                .revoked
-                .lock()
-                .expect("revoked list lock"),
-        );
+        let context = self.consumer.context();
+        let revoked = std::mem::take(&mut *context.revoked.lock().expect("revoked list lock"));
+        let assigned = std::mem::take(&mut *context.assigned.lock().expect("assigned list lock"));
         if !revoked.is_empty() {
-            self.stashed = polled;
-            return Poll::Ready(Received::Revoked(revoked));
+            self.stashed.push_back(Received::Revoked(revoked));
         }
-        polled.map_or(Poll::Pending, Poll::Ready)
+        if !assigned.is_empty() {
+            self.stashed.push_back(Received::Assigned(assigned));
+        }
+        self.stashed.extend(polled);
+        self.stashed.pop_front().map_or(Poll::Pending, Poll::Ready)
     }
 
     pub(super) async fn next(&mut self) -> Received {

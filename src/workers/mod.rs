@@ -20,6 +20,7 @@ mod intake;
 pub mod lifecycle;
 mod membership;
 pub mod plan;
+mod positions;
 pub mod relay;
 
 use std::future::Future;

@@ -536,3 +536,105 @@ async fn the_loop_and_the_rebuild_bucket_times_to_pay_alike() {
         );
     }
 }
+
+/// Tansu answers a fetch that starts inside a record batch with the next
+/// batch (docs/tansu.md), and the relay writes `order-events` in batches: a
+/// loop that resumes at a committed offset inside one must read the skipped
+/// records again rather than count without them.
+#[tokio::test]
+async fn a_loop_resuming_inside_a_record_batch_counts_every_record() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let env = TestEnv::new().await;
+    let topic = env.settings.topics.order_events.clone();
+    let refund = |amount: i64| {
+        serde_json::to_vec(&json!({
+            "event_id": uuid::Uuid::now_v7().to_string(),
+            "order_id": "gap-1",
+            "occurred_at": "2026-11-30T12:00:00Z",
+            "event_type": "RefundRequested",
+            "payment_id": "pay-gap-1",
+            "amount_minor": amount,
+            "currency": "USD",
+            "reason": "test",
+        }))
+        .unwrap()
+    };
+    // Sixty records in one producer batch (offsets 0–59), as the relay
+    // sends them under load.
+    let batching: FutureProducer = orderflow::kafka::producer_config(&env.settings)
+        .set("linger.ms", "500")
+        .create()
+        .unwrap();
+    let payloads: Vec<Vec<u8>> = (0..60).map(|i| refund(100 + i)).collect();
+    let sends = payloads.iter().map(|p| {
+        batching.send(
+            FutureRecord::<str, [u8]>::to(&topic)
+                .key("gap-1")
+                .payload(p),
+            Duration::from_secs(10),
+        )
+    });
+    let delivered: Vec<(i32, i64)> = futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .map(|d| {
+            d.map(|d| (d.partition, d.offset))
+                .map_err(|(e, _)| e)
+                .unwrap()
+        })
+        .collect();
+    let partition = delivered[0].0;
+    assert_eq!(
+        delivered.iter().map(|d| d.1).collect::<Vec<_>>(),
+        (0..60).collect::<Vec<_>>()
+    );
+    // And one more, in a batch of its own (offset 60).
+    assert_eq!(
+        env.produce(&topic, Some("gap-1"), &refund(1_000)).await,
+        (partition, 60)
+    );
+    // The group counted offsets 0–19 before it stopped: its committed offset
+    // is inside the batch.
+    let group = format!("{}.analytics", env.settings.group_id);
+    let committer: BaseConsumer = orderflow::kafka::observer_config(&env.settings, &group)
+        .create()
+        .unwrap();
+    let mut at = TopicPartitionList::new();
+    at.add_partition_offset(&topic, partition, Offset::Offset(20))
+        .unwrap();
+    committer.commit(&at, CommitMode::Sync).unwrap();
+
+    let app = env
+        .start_only(&[Component::Analytics, Component::Http])
+        .await;
+    // Offsets 20–60: 41 refunds of 120…159 and 1,000.
+    let expected_minor: i64 = (120..160).sum::<i64>() + 1_000;
+    env.wait_until("offsets 20–60 counted", || async {
+        env.count("SELECT coalesce(sum(refunds_requested), 0)::bigint FROM analytics_daily")
+            .await
+            == 41
+    })
+    .await;
+    assert_eq!(
+        env.count("SELECT sum(refunded_minor)::bigint FROM analytics_daily")
+            .await,
+        expected_minor
+    );
+    assert!(
+        app.metrics().await.contains(&format!(
+            "orderflow_consumer_rewinds_total{{topic=\"{topic}\"}}"
+        )),
+        "the loop read the skipped records again"
+    );
+    // Nothing more arrives later (the records before 20 are not counted).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        env.count("SELECT coalesce(sum(refunds_requested), 0)::bigint FROM analytics_daily")
+            .await,
+        41
+    );
+    app.stop().await;
+}
