@@ -158,6 +158,15 @@ pub struct AnalyticsSettings {
     /// would be counted again, so it must exceed `order-events`' retention
     /// (7 days in `topics/order-events.toml`).
     pub dedupe_retention: Duration,
+    /// At most this many messages of one partition per batch.
+    pub batch_max_messages: usize,
+    /// How long a partition's messages linger to make a batch: the figures
+    /// may trail the orders by this much, and each batch's fixed cost (a
+    /// transaction, the rollup upserts) is shared by more events.
+    pub batch_max_wait: Duration,
+    /// `fetch.wait.max.ms` of the loop's consumer: how long a fetch waits
+    /// for data (Tansu holds every fetch this long).
+    pub fetch_wait: Duration,
 }
 
 /// `<host>-<pid>-<4 hex digits>`: unique per process, readable in logs.
@@ -334,6 +343,13 @@ impl Settings {
                     "ANALYTICS_DEDUPE_RETENTION_SECS",
                     8 * 86_400,
                 )?),
+                batch_max_messages: parse(&lookup, "ANALYTICS_BATCH_MAX_MESSAGES", 5_000)?,
+                batch_max_wait: Duration::from_millis(parse(
+                    &lookup,
+                    "ANALYTICS_BATCH_MAX_WAIT_MS",
+                    250,
+                )?),
+                fetch_wait: Duration::from_millis(parse(&lookup, "ANALYTICS_FETCH_WAIT_MS", 100)?),
             },
             clock: crate::clock::Clock::default(),
         };
@@ -347,6 +363,13 @@ impl Settings {
             value,
             reason: reason.into(),
         };
+        if self.analytics.batch_max_messages == 0 {
+            return Err(bad(
+                "ANALYTICS_BATCH_MAX_MESSAGES",
+                "0".into(),
+                "must be at least 1",
+            ));
+        }
         if self.batch_max_messages == 0 {
             return Err(bad("BATCH_MAX_MESSAGES", "0".into(), "must be at least 1"));
         }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use orderflow::config::Topics;
-use orderflow_testkit::Worker;
+use orderflow_testkit::{prom, Worker};
 
 use crate::harness::Bench;
 use crate::report::Report;
@@ -42,6 +42,7 @@ impl Bench {
     async fn analytics_cost(&mut self, o: &Options, report: &mut Report) -> anyhow::Result<()> {
         let (mut without, mut with) = (Vec::new(), Vec::new());
         let (mut cpu_without, mut cpu_with) = (Vec::new(), Vec::new());
+        let mut trailing = Vec::new();
         let rounds = (0..2 * o.analytics_rounds).map(|round| (round, round % 2 == 1));
         for (round, analytics) in rounds {
             let args: &[&str] = if analytics {
@@ -58,6 +59,8 @@ impl Bench {
                     .await?;
             }
             let pid = self.worker()?.pid();
+            let published_before = self.order_events_published().await?;
+            let counted_before = self.order_events_counted().await?;
             let cpu_before = crate::cpu::now(pid);
             let events_before = self.count("SELECT count(*) FROM processed_events").await?;
             let rate = self
@@ -69,7 +72,16 @@ impl Bench {
                 .await?;
             let events =
                 (self.count("SELECT count(*) FROM processed_events").await? - events_before) as u64;
+            // The CPU of the burst's whole work: until its order events are
+            // published and, with the loop, counted (the loop may trail the
+            // inputs by its linger).
+            let trailed = self
+                .wait_burst_done(analytics, published_before, counted_before)
+                .await?;
             let cpu = (crate::cpu::now(pid) - cpu_before).per_thousand(events);
+            if analytics {
+                trailing.push(trailed);
+            }
             if analytics {
                 &mut cpu_with
             } else {
@@ -87,6 +99,7 @@ impl Bench {
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
         report.analytics_throughput_without = mean(&without);
         report.analytics_throughput_with = mean(&with);
+        report.analytics_burst_trailing_s = trailing.iter().copied().fold(0.0, f64::max);
         report.analytics_rounds = o.analytics_rounds;
         let mean_cpu = |v: &[crate::cpu::CpuTimes]| {
             let n = v.len().max(1) as f64;
@@ -115,7 +128,7 @@ impl Bench {
     ) -> anyhow::Result<()> {
         self.stop_worker().await?;
         sqlx::query(
-            "TRUNCATE analytics_seen, analytics_daily, analytics_time_to_pay, analytics_products",
+            "TRUNCATE analytics_claims, analytics_daily, analytics_time_to_pay, analytics_products",
         )
         .execute(&self.pool)
         .await?;
@@ -140,7 +153,9 @@ impl Bench {
         let mut first: Option<(Instant, i64)> = None;
         let started = Instant::now();
         loop {
-            let seen = self.count("SELECT count(*) FROM analytics_seen").await?;
+            let seen = self
+                .count("SELECT coalesce(sum(n), 0)::bigint FROM analytics_claims")
+                .await?;
             if first.is_none() && seen > 0 {
                 first = Some((Instant::now(), seen));
             }
@@ -213,7 +228,9 @@ impl Bench {
         let started = Instant::now();
         loop {
             let feed = self.count("SELECT count(*) FROM order_feed").await?;
-            let seen = self.count("SELECT count(*) FROM analytics_seen").await?;
+            let seen = self
+                .count("SELECT coalesce(sum(n), 0)::bigint FROM analytics_claims")
+                .await?;
             if seen >= feed {
                 return Ok(Some(started.elapsed().as_secs_f64()));
             }
@@ -224,6 +241,48 @@ impl Bench {
                     limit.as_secs()
                 ));
                 return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `order-events` records the worker's relay published so far.
+    async fn order_events_published(&self) -> anyhow::Result<f64> {
+        let page = self.worker()?.metrics_page().await?;
+        let topic = [("topic", self.settings().topics.order_events.as_str())];
+        Ok(prom::sum(&page, "orderflow_outbox_published_total", &topic))
+    }
+
+    /// `order-events` records the worker's analytics loop handled so far.
+    async fn order_events_counted(&self) -> anyhow::Result<f64> {
+        let page = self.worker()?.metrics_page().await?;
+        let topic = [("topic", self.settings().topics.order_events.as_str())];
+        Ok(prom::sum(&page, "orderflow_messages_total", &topic))
+    }
+
+    /// Waits until the outbox is empty and, `with_loop`, until the loop has
+    /// handled every record published since the burst began; returns how
+    /// long that took after the inputs were committed. Reads the worker's
+    /// metrics, not the tables (counting those would load PostgreSQL).
+    async fn wait_burst_done(
+        &self,
+        with_loop: bool,
+        published_before: f64,
+        counted_before: f64,
+    ) -> anyhow::Result<f64> {
+        let started = Instant::now();
+        loop {
+            let page = self.worker()?.metrics_page().await?;
+            let topic = [("topic", self.settings().topics.order_events.as_str())];
+            let backlog = prom::sum(&page, "orderflow_outbox_backlog", &[]);
+            let published =
+                prom::sum(&page, "orderflow_outbox_published_total", &topic) - published_before;
+            let counted = prom::sum(&page, "orderflow_messages_total", &topic) - counted_before;
+            if backlog == 0.0 && (!with_loop || counted >= published) {
+                return Ok(started.elapsed().as_secs_f64());
+            }
+            if started.elapsed() > Duration::from_secs(300) {
+                bail!("order events of the burst still unpublished or uncounted after 5 minutes: backlog {backlog}, published {published}, counted {counted}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -197,11 +197,14 @@ impl Bench {
     pub async fn broker_floor(&self, rate: u64, secs: u64) -> anyhow::Result<(f64, f64)> {
         let settings = self.settings();
         let topic = Topics::dlq(&settings.topics.payment_confirmations);
-        let consumer: StreamConsumer =
-            orderflow::kafka::consumer_config(settings, &format!("{}-floor", settings.group_id))
-                .set("enable.auto.commit", "false")
-                .set("auto.offset.reset", "latest")
-                .create()?;
+        let consumer: StreamConsumer = orderflow::kafka::consumer_config(
+            settings,
+            &format!("{}-floor", settings.group_id),
+            &[],
+        )
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "latest")
+        .create()?;
         consumer.subscribe(&[topic.as_str()])?;
         // Wait for the assignment before producing.
         let started = Instant::now();

@@ -60,6 +60,9 @@ pub struct Report {
     /// CPU ms per 1,000 input events in those bursts (means).
     pub analytics_cpu_without: Option<crate::cpu::CpuTimes>,
     pub analytics_cpu_with: Option<crate::cpu::CpuTimes>,
+    /// The longest a burst's last order events were counted after its
+    /// inputs were committed.
+    pub analytics_burst_trailing_s: f64,
     /// The throughput phase's order events replayed by an analytics-only
     /// worker into empty rollups.
     pub analytics_replay_events: i64,
@@ -200,8 +203,8 @@ impl Report {
             rows.push((
                 "analytics: CPU ms per 1,000 events without → with".into(),
                 format!(
-                    "worker {:.0} → {:.0}, PostgreSQL {:.0} → {:.0}, broker {:.0} → {:.0}, machine {:.0} → {:.0}",
-                    a.worker, b.worker, a.postgres, b.postgres, a.broker, b.broker, a.machine, b.machine
+                    "worker {:.0} → {:.0}, PostgreSQL {:.0} → {:.0}, broker {:.0} → {:.0}, machine {:.0} → {:.0} (until the burst's order events were published, and counted: at most {:.1} s after its inputs)",
+                    a.worker, b.worker, a.postgres, b.postgres, a.broker, b.broker, a.machine, b.machine, self.analytics_burst_trailing_s
                 ),
             ));
         }

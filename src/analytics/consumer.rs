@@ -4,9 +4,10 @@
 //!
 //! One transaction per batch (one partition's messages, in offset order):
 //! take the analytics lock shared (a rebuild waits for the batch, and the
-//! batch for a rebuild); claim the events' ids in `analytics_seen` (those
+//! batch for a rebuild); claim the events' ids in `analytics_claims` (those
 //! claimed before are duplicates: a redelivery, or the relay publishing an
-//! event again); read the orders the new events need (currency, creation
+//! event again; one row per run of ids close in time, see its migration);
+//! read the orders the new events need (currency, creation
 //! time, lines; the first two usually from a bounded in-memory cache, since
 //! they never change once an order exists); add the [`Delta`] to the rollup
 //! rows of this partition;
@@ -14,7 +15,8 @@
 //! loop commits, then stores the offset.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -40,6 +42,8 @@ pub struct Analytics {
     topic: String,
     dlq_topic: String,
     orders: Mutex<OrderCache>,
+    /// `order-events`' partition count, kept by the loop (0 until known).
+    partitions: Arc<AtomicI32>,
 }
 
 /// Currency and creation time of recently seen orders: an order's later
@@ -86,6 +90,7 @@ impl Analytics {
             topic: settings.topics.order_events.clone(),
             dlq_topic: settings.topics.analytics_dlq(),
             orders: Mutex::new(OrderCache::default()),
+            partitions: Arc::new(AtomicI32::new(0)),
         }
     }
 
@@ -145,6 +150,25 @@ impl Apply for Analytics {
         format!("{}.analytics", settings.group_id)
     }
 
+    /// Larger batches than the input loops': nobody waits on a figure the
+    /// way a customer waits on an order, and each batch's fixed cost is
+    /// shared by more events.
+    fn batching(&self, settings: &Settings) -> (usize, std::time::Duration) {
+        (
+            settings.analytics.batch_max_messages,
+            settings.analytics.batch_max_wait,
+        )
+    }
+
+    fn partition_count(&self) -> Option<Arc<AtomicI32>> {
+        Some(self.partitions.clone())
+    }
+
+    fn consumer_config(&self, settings: &Settings, group: &str) -> rdkafka::ClientConfig {
+        let wait = settings.analytics.fetch_wait.as_millis().to_string();
+        crate::kafka::consumer_config(settings, group, &[("fetch.wait.max.ms", wait)])
+    }
+
     async fn decode(&self, batch: &[RawMessage]) -> Result<Vec<Decoded>, DecodeError> {
         decode_each(batch, |msg| self.decode_one(msg)).await
     }
@@ -162,7 +186,9 @@ impl Apply for Analytics {
             .iter()
             .filter_map(|d| d.as_ref().ok().map(|(id, _)| *id))
             .collect();
-        let mut fresh = analytics::claim(conn, &ids)
+        let part = batch.first().map_or(0, |m| m.partition);
+        let layout = self.partitions.load(Ordering::Relaxed);
+        let mut fresh = analytics::claim(conn, part, layout, &ids)
             .await
             .context("failed to claim event ids")?;
         // The first delivery of each new id counts; everything else is a
@@ -238,7 +264,6 @@ impl Apply for Analytics {
             };
             outcomes.push(outcome);
         }
-        let part = batch.first().map_or(0, |m| m.partition);
         analytics::add(conn, part, &delta)
             .await
             .context("failed to add to the rollups")?;
@@ -279,7 +304,7 @@ pub async fn purge_seen(
             _ = stop.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        match analytics::purge_seen(&pool, crate::store::older_than(retention)).await {
+        match analytics::purge_claims(&pool, crate::store::older_than(retention)).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(
                 purged = n,

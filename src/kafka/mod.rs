@@ -26,7 +26,13 @@ pub fn base_config(settings: &Settings) -> ClientConfig {
 
 /// At-least-once consumer: offsets are auto-committed in the background, but
 /// only offsets the loop explicitly *stored* after its database commit.
-pub fn consumer_config(settings: &Settings, group_id: &str) -> ClientConfig {
+/// `tuning` overrides the defaults for one loop; `KAFKA_CONFIG` and
+/// `KAFKA_CONSUMER_CONFIG` override both.
+pub fn consumer_config(
+    settings: &Settings,
+    group_id: &str,
+    tuning: &[(&str, String)],
+) -> ClientConfig {
     let mut config = client(settings);
     config
         .set("group.id", group_id)
@@ -47,6 +53,9 @@ pub fn consumer_config(settings: &Settings, group_id: &str) -> ClientConfig {
         // fetch for this long (docs/tansu.md), so keep it short. On Kafka it
         // only bounds idle long-polls (about 100 fetches/s per idle loop).
         .set("fetch.wait.max.ms", "10");
+    for (key, value) in tuning {
+        config.set(*key, value);
+    }
     apply_extra(&mut config, settings, &settings.kafka_consumer_extra);
     config
 }

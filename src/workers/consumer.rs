@@ -97,6 +97,23 @@ pub trait Apply: Send + Sync + 'static {
         settings.group_for(self.topic())
     }
 
+    /// At most how many messages of a partition make a batch, and how long
+    /// they linger for one.
+    fn batching(&self, settings: &Settings) -> (usize, Duration) {
+        (settings.batch_max_messages, settings.batch_max_wait)
+    }
+
+    /// Where the loop keeps its topic's partition count (0 until known),
+    /// for an applier that needs it.
+    fn partition_count(&self) -> Option<Arc<std::sync::atomic::AtomicI32>> {
+        None
+    }
+
+    /// The loop's consumer (`KAFKA_CONSUMER_CONFIG` applied last).
+    fn consumer_config(&self, settings: &Settings, group: &str) -> rdkafka::ClientConfig {
+        crate::kafka::consumer_config(settings, group, &[])
+    }
+
     /// Per message, its event or a permanent error; `Err` only when a
     /// transient failure (the schema registry) should retry the batch.
     fn decode<'a>(
@@ -198,11 +215,16 @@ struct LoopState<'a> {
 }
 
 impl<'a> LoopState<'a> {
-    fn new(topic: &'a str, settings: &Settings, gap_free: bool) -> Self {
+    fn new(
+        topic: &'a str,
+        settings: &Settings,
+        (max_messages, max_wait): (usize, Duration),
+        gap_free: bool,
+    ) -> Self {
         LoopState {
             topic,
-            buffers: Buffers::new(settings.batch_max_messages, settings.batch_max_wait),
-            capacity: settings.batch_max_messages * (settings.batch_concurrency + 2),
+            buffers: Buffers::new(max_messages, max_wait),
+            capacity: max_messages * (settings.batch_concurrency + 2),
             concurrency: settings.batch_concurrency,
             in_flight: FuturesUnordered::new(),
             paused: None,
@@ -383,10 +405,10 @@ pub async fn run<A: Apply>(
     let topic = applier.topic().to_owned();
     let group = applier.group(&deps.settings);
     let context = LoopContext::new(&topic, &group, deps.metrics.clone(), A::GAP_FREE);
-    let consumer: StreamConsumer<LoopContext> =
-        crate::kafka::consumer_config(&deps.settings, &group)
-            .create_with_context(context)
-            .context("failed to create Kafka consumer")?;
+    let consumer: StreamConsumer<LoopContext> = applier
+        .consumer_config(&deps.settings, &group)
+        .create_with_context(context)
+        .context("failed to create Kafka consumer")?;
     consumer
         .subscribe(&[topic.as_str()])
         .with_context(|| format!("failed to subscribe to {topic}"))?;
@@ -401,6 +423,7 @@ pub async fn run<A: Apply>(
         group: group.clone(),
         assignment: consumer.context().assignment(),
         rejoin: rejoin.clone(),
+        partition_count: applier.partition_count(),
     };
     let watching = tokio::spawn(membership.run(shutdown.clone()));
     let processor = BatchProcessor {
@@ -428,9 +451,11 @@ async fn consume<'a, A: Apply>(
     shutdown: &'a CancellationToken,
     rejoin: &AtomicBool,
 ) {
+    let settings = &processor.deps.settings;
     let mut state = LoopState::new(
         processor.applier.topic(),
-        &processor.deps.settings,
+        settings,
+        processor.applier.batching(settings),
         A::GAP_FREE,
     );
     let metrics = &*processor.deps.metrics;

@@ -16,7 +16,7 @@
 //! condition never lasts that long, and a rejoin only costs one rebalance.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,9 @@ pub(super) struct Membership {
     pub assignment: watch::Receiver<Vec<i32>>,
     /// Set here, taken by the loop: rejoin the group.
     pub rejoin: Arc<AtomicBool>,
+    /// Where the topic's partition count is kept, for an applier that
+    /// wants it (read at start, then at every watch).
+    pub partition_count: Option<Arc<AtomicI32>>,
 }
 
 impl Membership {
@@ -63,6 +66,16 @@ impl Membership {
                 None
             }
         };
+        if let (Some(observer), Some(count)) = (&observer, &self.partition_count) {
+            let (observer, topic) = (observer.clone(), self.topic.clone());
+            match tokio::task::spawn_blocking(move || partition_ids(&observer, &topic)).await {
+                Ok(Ok(all)) => count.store(all.len() as i32, Ordering::Relaxed),
+                Ok(Err(e)) => {
+                    debug!(topic = %self.topic, error = format!("{e:#}"), "could not count partitions")
+                }
+                Err(e) => debug!(topic = %self.topic, error = %e, "partition count panicked"),
+            }
+        }
         let mut unowned_since: Option<Instant> = None;
         let mut last_watch = Instant::now();
         loop {
@@ -120,6 +133,9 @@ impl Membership {
         })
         .await
         .context("group observer panicked")??;
+        if let Some(count) = &self.partition_count {
+            count.store(all.len() as i32, Ordering::Relaxed);
+        }
         let unowned: Vec<i32> = all.into_iter().filter(|p| !owned.contains(p)).collect();
         self.metrics
             .set_group_state(&self.group, &self.topic, unowned.len() as i64, lag);
@@ -147,19 +163,24 @@ impl Membership {
     }
 }
 
-/// Every partition of `topic`, and the group's lag summed over them: the
-/// high watermark minus the committed offset (the low watermark where
-/// nothing was committed). Blocking librdkafka calls.
-fn partitions_and_lag(observer: &BaseConsumer, topic: &str) -> anyhow::Result<(Vec<i32>, i64)> {
+/// Every partition of `topic`, from metadata. A blocking librdkafka call.
+fn partition_ids(observer: &BaseConsumer, topic: &str) -> anyhow::Result<Vec<i32>> {
     let metadata = observer
         .fetch_metadata(Some(topic), KAFKA_TIMEOUT)
         .context("failed to read topic metadata")?;
-    let partitions: Vec<i32> = metadata
+    Ok(metadata
         .topics()
         .iter()
         .filter(|t| t.name() == topic)
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
+        .collect())
+}
+
+/// Every partition of `topic`, and the group's lag summed over them: the
+/// high watermark minus the committed offset (the low watermark where
+/// nothing was committed). Blocking librdkafka calls.
+fn partitions_and_lag(observer: &BaseConsumer, topic: &str) -> anyhow::Result<(Vec<i32>, i64)> {
+    let partitions = partition_ids(observer, topic)?;
     let mut tpl = TopicPartitionList::new();
     for p in &partitions {
         tpl.add_partition(topic, *p);

@@ -124,7 +124,9 @@ async fn settle(env: &TestEnv, inputs: i64) {
         let unsent = env
             .count("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
             .await;
-        let seen = env.count("SELECT count(*) FROM analytics_seen").await;
+        let seen = env
+            .count("SELECT count(DISTINCT id) FROM analytics_claims, unnest(ids) AS id")
+            .await;
         unsent == 0 && seen >= feed
     })
     .await;
@@ -456,7 +458,9 @@ async fn a_worker_killed_mid_stream_counts_everything_once() {
     let producer = TestEnv::with_settings(env.settings.clone()).await;
     let producing = tokio::spawn(async move { produce_all(&producer, &messages).await });
     wait_long(&env, "some events counted", || async {
-        env.count("SELECT count(*) FROM analytics_seen").await > 300
+        env.count("SELECT coalesce(sum(n), 0)::bigint FROM analytics_claims")
+            .await
+            > 300
     })
     .await;
     first.kill().await;
@@ -637,4 +641,50 @@ async fn a_loop_resuming_inside_a_record_batch_counts_every_record() {
         41
     );
     app.stop().await;
+}
+
+/// The claim rows: an event read again on its partition is found, whatever
+/// the batch around it; one read on another partition after the topic's
+/// partition count changed is found too; purging forgets whole rows older
+/// than the retention.
+#[tokio::test]
+async fn claims_find_earlier_copies_and_purge_by_age() {
+    use orderflow::store::analytics::{claim, purge_claims};
+    use uuid::Uuid;
+
+    let env = TestEnv::new().await;
+    let mut conn = env.pool.acquire().await.unwrap();
+    let hour_ago = (chrono::Utc::now() - TimeDelta::hours(1)).timestamp_millis() as u128;
+    let old = Uuid::from_u128((hour_ago << 80) | (7 << 76) | (2 << 62) | 42);
+    let recent: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+    let mut first = recent.clone();
+    first.push(old);
+    assert_eq!(claim(&mut conn, 0, 6, &first).await.unwrap().len(), 6);
+
+    // A redelivery with something new: only the new one is fresh.
+    let new = Uuid::now_v7();
+    let again = [recent[0], recent[4], old, new];
+    let fresh = claim(&mut conn, 0, 6, &again).await.unwrap();
+    assert_eq!(fresh, [new].into_iter().collect());
+    // Within one batch, an id counts once.
+    let twice = Uuid::now_v7();
+    assert_eq!(
+        claim(&mut conn, 2, 6, &[twice, twice]).await.unwrap().len(),
+        1
+    );
+
+    // After partitions were added a key can move: rows claimed under the
+    // old count are searched on every partition.
+    let moved = claim(&mut conn, 5, 8, &[recent[1], old]).await.unwrap();
+    assert!(moved.is_empty(), "{moved:?}");
+
+    // Rows whose ids are all older than the cutoff go, whole.
+    let purged = purge_claims(&env.pool, chrono::Utc::now() - TimeDelta::minutes(30))
+        .await
+        .unwrap();
+    assert_eq!(purged, 1);
+    assert_eq!(
+        claim(&mut conn, 0, 6, &[old, recent[2]]).await.unwrap(),
+        [old].into_iter().collect()
+    );
 }

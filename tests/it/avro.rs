@@ -105,8 +105,11 @@ async fn avro_in_and_out_through_the_registry() {
     assert_eq!(types, ["OrderCreated", "OrderPaid"]);
 
     // The analytics loop reads the Avro order-events as they are published.
-    env.wait_count("SELECT count(*) FROM analytics_seen", 2)
-        .await;
+    env.wait_count(
+        "SELECT coalesce(sum(n), 0)::bigint FROM analytics_claims",
+        2,
+    )
+    .await;
     let (_, summary) = app.get("/analytics/summary").await;
     assert_eq!(summary["orders_created"], 1, "{summary}");
     assert_eq!(summary["orders_paid"], 1);
