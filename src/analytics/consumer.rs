@@ -27,6 +27,7 @@ use super::rollup::{needs_lines, needs_order, Counted};
 use crate::config::Settings;
 use crate::events::{avro, Codec, DeadLetterClass, DecodeError, Normalized};
 use crate::store::analytics::{self, Delta, OrderFacts};
+use crate::store::claims;
 use crate::store::inbox::Outcome;
 use crate::store::outbox::{self, NewRecord};
 use crate::workers::batch::{check_key, dead_letter_alone, dead_letter_of, decode_each};
@@ -188,7 +189,7 @@ impl Apply for Analytics {
             .collect();
         let part = batch.first().map_or(0, |m| m.partition);
         let layout = self.partitions.load(Ordering::Relaxed);
-        let mut fresh = analytics::claim(conn, part, layout, &ids)
+        let mut fresh = claims::claim(conn, part, layout, &ids)
             .await
             .context("failed to claim event ids")?;
         // The first delivery of each new id counts; everything else is a
@@ -304,7 +305,7 @@ pub async fn purge_seen(
             _ = stop.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        match analytics::purge_claims(&pool, crate::store::older_than(retention)).await {
+        match claims::purge_claims(&pool, crate::store::older_than(retention)).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(
                 purged = n,

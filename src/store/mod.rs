@@ -6,6 +6,7 @@
 
 pub mod analytics;
 pub mod changes;
+pub mod claims;
 pub mod feed;
 pub mod inbox;
 pub mod leases;

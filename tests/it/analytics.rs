@@ -649,7 +649,7 @@ async fn a_loop_resuming_inside_a_record_batch_counts_every_record() {
 /// than the retention.
 #[tokio::test]
 async fn claims_find_earlier_copies_and_purge_by_age() {
-    use orderflow::store::analytics::{claim, purge_claims};
+    use orderflow::store::claims::{claim, purge_claims};
     use uuid::Uuid;
 
     let env = TestEnv::new().await;
