@@ -10,6 +10,7 @@
 //! write and the events to announce go into the [`Plan`]). Adding an input is
 //! a handler file and one line of wiring in `app.rs`.
 
+pub mod apply;
 pub mod backoff;
 pub mod batch;
 mod buffers;

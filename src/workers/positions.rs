@@ -9,8 +9,11 @@
 //! happens only when retention deleted the records. So a loop of such a
 //! topic checks every message against the offset it expects:
 //! - the expected offset: taken, and the next one is expected;
-//! - an earlier one: a re-read of what this assignment already holds (after a
-//!   rewind), dropped;
+//! - an earlier one, while a rewind of ours is under way: a re-read of what
+//!   this assignment already holds, dropped. Without a rewind it is the
+//!   consumer starting elsewhere than the committed offset (reset to the
+//!   earliest after the topic was recreated, say): taken, and the position
+//!   follows it, so the loop never waits for an offset that will not come;
 //! - a later one: a gap. Read again from further back (1,024 records, then
 //!   twice as far each time the gap is still there, down to offset 0), since
 //!   a broker that skips answers a fetch from the start of a record batch
@@ -81,7 +84,11 @@ impl Positions {
             return Verdict::Take;
         };
         if offset < expected {
-            return Verdict::Drop;
+            if position.rewound_to.is_some() {
+                return Verdict::Drop;
+            }
+            position.expected = Some(offset + 1);
+            return Verdict::Take;
         }
         if offset == expected {
             position.expected = Some(offset + 1);
@@ -121,14 +128,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn contiguous_messages_are_taken_earlier_ones_dropped() {
+    fn contiguous_messages_are_taken() {
         let mut p = Positions::default();
         p.assigned(0, Some(10));
         assert_eq!(p.check(0, 10), Verdict::Take);
         assert_eq!(p.check(0, 11), Verdict::Take);
-        assert_eq!(p.check(0, 5), Verdict::Drop);
-        assert_eq!(p.check(0, 11), Verdict::Drop);
         assert_eq!(p.check(0, 12), Verdict::Take);
+    }
+
+    #[test]
+    fn a_start_before_the_committed_offset_is_followed_not_waited_out() {
+        // The group committed 5,000, but the consumer starts at 0 (the topic
+        // was recreated and the offset was out of range): nothing would ever
+        // reach 5,000 in order if earlier offsets were dropped.
+        let mut p = Positions::default();
+        p.assigned(0, Some(5_000));
+        assert_eq!(p.check(0, 0), Verdict::Take);
+        assert_eq!(p.check(0, 1), Verdict::Take);
+        assert_eq!(p.check(0, 3), Verdict::Rewind(0));
     }
 
     #[test]
