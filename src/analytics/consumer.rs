@@ -30,8 +30,8 @@ use crate::store::analytics::{self, Delta, OrderFacts};
 use crate::store::claims;
 use crate::store::inbox::Outcome;
 use crate::store::outbox::{self, NewRecord};
-use crate::workers::batch::{check_key, dead_letter_alone, dead_letter_of, decode_each};
 use crate::workers::apply::Apply;
+use crate::workers::batch::{check_key, dead_letter_alone, dead_letter_of, decode_each};
 use crate::workers::{BatchReport, RawMessage};
 
 /// Orders whose currency and creation time the cache keeps (about 3 MB).
