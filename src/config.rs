@@ -89,8 +89,8 @@ pub struct Settings {
     pub database_url: String,
     pub database_max_connections: u32,
     pub kafka_brokers: String,
-    /// Extra librdkafka properties for every client (`KAFKA_CONFIG`, `k=v,k=v`),
-    /// e.g. `security.protocol=SASL_SSL`.
+    /// Extra librdkafka properties for every client (`KAFKA_CONFIG`, `k=v,k=v`
+    /// or `k=v;k=v`), e.g. `security.protocol=SASL_SSL`.
     pub kafka_extra: Vec<(String, String)>,
     /// Extra properties for consumers only (`KAFKA_CONSUMER_CONFIG`).
     pub kafka_consumer_extra: Vec<(String, String)>,
@@ -464,22 +464,40 @@ where
     }
 }
 
+/// `k=v` pairs separated by `;` when the list holds one (then values may
+/// hold commas), otherwise by `,`, where a piece without `=` continues the
+/// previous value: `debug=cgrp,fetch` is one pair, as is
+/// `debug=cgrp,fetch;client.rack=a` with another.
 fn parse_kv_list(var: &'static str, raw: &str) -> Result<Vec<(String, String)>, ConfigError> {
-    raw.split(',')
+    let separator = if raw.contains(';') { ';' } else { ',' };
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for piece in raw
+        .split(separator)
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|pair| {
-            pair.split_once('=')
-                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-                .filter(|(k, _)| !k.is_empty())
-                .ok_or_else(|| ConfigError {
+    {
+        match piece.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                pairs.push((k.trim().to_owned(), v.trim().to_owned()));
+            }
+            None if separator == ',' && !pairs.is_empty() => {
+                let value = &mut pairs.last_mut().expect("not empty").1;
+                value.push(',');
+                value.push_str(piece);
+            }
+            _ => {
+                return Err(ConfigError {
                     var,
                     // Values may be secrets (sasl.password); show only the key.
-                    value: pair.split('=').next().unwrap_or_default().to_owned(),
-                    reason: "expected comma-separated key=value pairs".into(),
-                })
-        })
-        .collect()
+                    value: piece.split('=').next().unwrap_or_default().to_owned(),
+                    reason:
+                        "expected key=value pairs separated by ',' (or ';' when values hold commas)"
+                            .into(),
+                });
+            }
+        }
+    }
+    Ok(pairs)
 }
 
 fn check_topic_name(var: &'static str, name: &str) -> Result<(), ConfigError> {
@@ -573,6 +591,31 @@ mod tests {
             "postgres://u:***@h/db"
         );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn kafka_config_values_may_hold_commas() {
+        let pairs = |raw: &str| settings(&[("KAFKA_CONFIG", raw)]).unwrap().kafka_extra;
+        let kv = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        assert_eq!(pairs("debug=cgrp,fetch"), [kv("debug", "cgrp,fetch")]);
+        assert_eq!(
+            pairs("client.id=x, debug=cgrp,fetch,topic"),
+            [kv("client.id", "x"), kv("debug", "cgrp,fetch,topic")]
+        );
+        assert_eq!(
+            pairs("debug=cgrp,fetch; sasl.mechanism=PLAIN;"),
+            [kv("debug", "cgrp,fetch"), kv("sasl.mechanism", "PLAIN")]
+        );
+        assert_eq!(
+            settings(&[("KAFKA_CONFIG", "a=1;novalue")])
+                .unwrap_err()
+                .var,
+            "KAFKA_CONFIG"
+        );
+        assert_eq!(
+            settings(&[("KAFKA_CONFIG", "=x")]).unwrap_err().var,
+            "KAFKA_CONFIG"
+        );
     }
 
     #[test]
