@@ -252,10 +252,16 @@ async fn run(settings: Settings, only: Vec<Component>, migrate: bool) -> anyhow:
         only
     };
     let running = app::start(settings, &components).await?;
-    tokio::select! {
-        signal = shutdown_signal() => signal?,
-        _ = running.stopped() => tracing::error!("a component failed"),
-    }
+    let failed = tokio::select! {
+        signal = shutdown_signal() => {
+            signal?;
+            false
+        }
+        _ = running.stopped() => {
+            tracing::error!("a component failed");
+            true
+        }
+    };
     tracing::info!("shutting down: finishing batches in hand");
     arm_exit_watchdog(grace + WATCHDOG_MARGIN);
     if tokio::time::timeout(grace, running.stop()).await.is_err() {
@@ -264,6 +270,11 @@ async fn run(settings: Settings, only: Vec<Component>, migrate: bool) -> anyhow:
             "graceful shutdown took longer than SHUTDOWN_TIMEOUT_SECS={}",
             grace.as_secs()
         );
+    }
+    // Exit non-zero, so that systemd's `Restart=on-failure` and Kubernetes
+    // see a failure, not a clean stop.
+    if failed {
+        anyhow::bail!("stopped because a component failed (see the error above)");
     }
     Ok(())
 }

@@ -207,3 +207,31 @@ async fn a_worker_whose_broker_is_gone_still_exits_after_sigterm() {
     println!("worker with its broker gone exited in {took:?} ({status})");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A component that fails after the start (here a consumer loop whose
+/// librdkafka settings are refused) stops the whole process with a non-zero
+/// exit, so that systemd's `Restart=on-failure` or Kubernetes sees a failure.
+#[tokio::test]
+async fn a_failed_component_makes_the_process_exit_non_zero() {
+    let env = TestEnv::new().await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))
+        .args(["run", "--only", "checkouts,http"])
+        .env("DATABASE_URL", &env.settings.database_url)
+        .env("KAFKA_BROKERS", &env.settings.kafka_brokers)
+        .env("KAFKA_GROUP_ID", &env.settings.group_id)
+        .envs(env.settings.topics.vars())
+        .env("HTTP_ADDR", "127.0.0.1:0")
+        .env("KAFKA_CONSUMER_CONFIG", "fetch.wait.max.ms=soon")
+        .env("SHUTDOWN_TIMEOUT_SECS", "5")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("orderflow starts");
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("it stops by itself")
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{status:?}");
+}
