@@ -19,11 +19,14 @@ die() { printf '\033[31merror:\033[0m %s\n' "$*" >&2; exit 1; }
 # Stops what we started, one at a time and in order (orderflow before the
 # broker, so its final offset commit still has a broker to go to).
 # A second Ctrl-C must not cut this short and leave the broker running.
+# Each gets orderflow's own shutdown timeout (SHUTDOWN_TIMEOUT_SECS, 30 s,
+# plus the 5 s its watchdog allows) before SIGKILL.
 cleanup() {
   trap '' INT TERM
+  local grace=$(( (${SHUTDOWN_TIMEOUT_SECS:-30} + 5) * 10 ))
   for pid in "${STARTED_PIDS[@]}"; do
     kill "$pid" 2>/dev/null || continue
-    for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 1 "$grace"); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null || true
   done
 }

@@ -12,7 +12,7 @@ SAMPLES=20
 for arg in "$@"; do
   case "$arg" in
     --no-samples) SAMPLES=0 ;;
-    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $arg (try --help)" ;;
   esac
 done
@@ -33,8 +33,9 @@ say "applying migrations to $DATABASE_URL"
 say "creating topics"
 "$BIN" topics apply --dir "$ROOT/topics"
 
-say "starting orderflow (logs: $LOCAL/orderflow.log)"
-"$BIN" run >"$LOCAL/orderflow.log" 2>&1 &
+say "starting orderflow (logs: $LOCAL/orderflow.log, appended)"
+echo "---- orderflow run, $(date -u +%Y-%m-%dT%H:%M:%SZ) ----" >>"$LOCAL/orderflow.log"
+"$BIN" run >>"$LOCAL/orderflow.log" 2>&1 &
 RUN_PID=$!
 STARTED_PIDS=("$RUN_PID" "${STARTED_PIDS[@]}")
 for _ in $(seq 1 100); do

@@ -15,12 +15,17 @@ use prometheus::{
 };
 use tracing_subscriber::{fmt, EnvFilter};
 
-/// Installs the global tracing subscriber, JSON lines or text. `RUST_LOG`
-/// filters (default `info,rdkafka=warn,sqlx=warn`).
+/// Installs the global tracing subscriber, JSON lines or text (coloured
+/// only when stderr is a terminal, so log files hold no escape codes).
+/// `RUST_LOG` filters (default `info,rdkafka=warn,sqlx=warn`).
 pub fn init_tracing(json: bool) {
+    use std::io::IsTerminal;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,sqlx=warn"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
     // try_init: a second call (tests) keeps the first subscriber.
     let _ = if json {
         builder.json().try_init()
