@@ -70,6 +70,18 @@ pub async fn apply(
             .with_context(|| format!("topic definition has unknown role {:?}", spec.role))?;
         topics.push((name.clone(), spec));
     }
+    // Ask only for what is missing: a create of an existing topic is an
+    // error on the broker's side (Tansu logs each at ERROR).
+    let existing = existing_topics(settings).await?;
+    let mut applied: Vec<(String, Applied)> = topics
+        .iter()
+        .filter(|(name, _)| existing.contains(name))
+        .map(|(name, _)| (name.clone(), Applied::Existed))
+        .collect();
+    topics.retain(|(name, _)| !existing.contains(name));
+    if topics.is_empty() {
+        return Ok(applied);
+    }
     let admin: AdminClient<DefaultClientContext> = super::base_config(settings)
         .create()
         .context("failed to create Kafka admin client")?;
@@ -92,7 +104,6 @@ pub async fn apply(
         .create_topics(&new_topics, &options)
         .await
         .with_context(|| format!("failed to create topics on {}", settings.kafka_brokers))?;
-    let mut applied = Vec::new();
     for result in results {
         match result {
             Ok(name) => applied.push((name, Applied::Created)),
@@ -103,4 +114,26 @@ pub async fn apply(
         }
     }
     Ok(applied)
+}
+
+/// The topics the cluster has, from metadata (a blocking librdkafka call,
+/// made off the async workers).
+async fn existing_topics(settings: &Settings) -> anyhow::Result<std::collections::HashSet<String>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let config = super::base_config(settings);
+    let brokers = settings.kafka_brokers.clone();
+    tokio::task::spawn_blocking(move || {
+        let client: BaseConsumer = config.create().context("failed to create a Kafka client")?;
+        let metadata = client
+            .fetch_metadata(None, Duration::from_secs(30))
+            .with_context(|| format!("failed to list the topics on {brokers}"))?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none())
+            .map(|t| t.name().to_owned())
+            .collect())
+    })
+    .await
+    .context("listing topics panicked")?
 }
