@@ -258,31 +258,89 @@ pub async fn from_file(
     topic: &str,
     path: &std::path::Path,
 ) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("failed to read {}", path.display()))?;
+    // The whole file is checked before anything is sent: a bad line halfway
+    // must not leave the lines before it published and the rest not.
+    let records = keyed_lines(&text).map_err(|bad| {
+        anyhow::anyhow!(
+            "{}: nothing sent; fix these lines first:\n{}",
+            path.display(),
+            bad.join("\n")
+        )
+    })?;
     let producer = input_producer(settings)?;
     check_topic(&producer, topic).await?;
     let mut in_flight = InFlight::new(topic);
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("failed to read {}", path.display()))?;
     let mut sent = 0;
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let value: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
-        let Some(key) = value.get("order_id").and_then(|v| v.as_str()) else {
-            bail!(
-                "{}:{}: no string order_id to key the message by",
-                path.display(),
-                i + 1
-            );
-        };
+    for (key, line) in records {
         in_flight
-            .push(enqueue(&producer, topic, key, line.as_bytes())?, None)
+            .push(enqueue(&producer, topic, &key, line.as_bytes())?, None)
             .await?;
         sent += 1;
     }
     in_flight.confirm_all().await?;
     Ok(sent)
+}
+
+/// The non-blank lines of a JSON-lines file with the `order_id` each is keyed
+/// by, or every bad line (`line N: why`, at most 20 listed).
+fn keyed_lines(text: &str) -> Result<Vec<(String, &str)>, Vec<String>> {
+    let mut records = Vec::new();
+    let mut bad = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(value) => match value.get("order_id").and_then(|v| v.as_str()) {
+                Some(key) => records.push((key.to_owned(), line)),
+                None => bad.push(format!(
+                    "line {}: no string order_id to key the message by",
+                    i + 1
+                )),
+            },
+            Err(e) => bad.push(format!("line {}: not JSON ({e})", i + 1)),
+        }
+    }
+    if bad.is_empty() {
+        Ok(records)
+    } else {
+        let more = bad.len().saturating_sub(20);
+        bad.truncate(20);
+        if more > 0 {
+            bad.push(format!("… and {more} more"));
+        }
+        Err(bad)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keyed_lines;
+
+    #[test]
+    fn a_file_is_checked_whole_and_every_bad_line_named() {
+        let good = "{\"order_id\": \"a\", \"x\": 1}\n\n{\"order_id\": \"b\"}\n";
+        let records = keyed_lines(good).unwrap();
+        assert_eq!(
+            records.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert_eq!(records[1].1, "{\"order_id\": \"b\"}");
+
+        let bad = "{\"order_id\": \"a\"}\nnot json\n{\"order_id\": 7}\n{\"order_id\": \"d\"}\n";
+        let errors = keyed_lines(bad).unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with("line 2: not JSON"), "{errors:?}");
+        assert!(
+            errors[1].starts_with("line 3: no string order_id"),
+            "{errors:?}"
+        );
+
+        let many = "x\n".repeat(25);
+        let errors = keyed_lines(&many).unwrap_err();
+        assert_eq!(errors.len(), 21);
+        assert_eq!(errors[20], "… and 5 more");
+    }
 }
