@@ -466,29 +466,9 @@ async fn rebuild_locked(
         .await
         .context("failed to rebuild analytics_products")?
         .rows_affected();
-    // One claim row per second of the events' creation times, as part -1
-    // (searched by every batch).
-    let events_marked: i64 = sqlx::query_scalar(
-        "WITH marked AS (
-             INSERT INTO analytics_claims (part, layout, span, n, ids)
-             SELECT $2, 0, int8range(min(ms), max(ms), '[]'), count(*), array_agg(id ORDER BY id)
-             FROM (
-                 SELECT id, ('x' || lpad(substr(replace(id::text, '-', ''), 1, 12), 16, '0'))::bit(64)::bigint AS ms
-                 FROM (SELECT DISTINCT (body->>'event_id')::uuid AS id FROM order_feed
-                       WHERE to_timestamp((body->>'occurred_at')::bigint / 1000.0) >= $1
-                         AND body->>'event_id' ~ '^[0-9a-fA-F-]{36}$') AS f
-             ) AS t
-             GROUP BY ms / 1000
-             RETURNING n
-         )
-         SELECT coalesce(sum(n), 0)::bigint FROM marked",
-    )
-    .bind(since)
-    .bind(REBUILT_PART)
-    .fetch_one(&mut *tx)
-    .await
-    .context("failed to mark the feed's events as counted")?;
-    let events_marked = u64::try_from(events_marked).unwrap_or(0);
+    let events_marked = super::claims::mark_feed(&mut tx, since)
+        .await
+        .context("failed to mark the feed's events as counted")?;
     tx.commit().await.context("failed to commit the rebuild")?;
     Ok(Rebuilt {
         daily_rows,

@@ -8,6 +8,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use super::analytics::REBUILT_PART;
+
 /// Per-partition advisory locks (class, partition) between batches of the
 /// same partition (two instances overlap during a rebalance): a batch's
 /// claims must see the claims of any batch of its partition before it.
@@ -47,16 +49,18 @@ pub async fn claim(
         .iter()
         .map(|r| (v7_millis(&sorted[r.start]), v7_millis(&sorted[r.end - 1])))
         .unzip();
+    // Runs joined to the claims, so that each run is an index scan of the
+    // spans (a row matching two runs comes twice; the set takes it once).
     let earlier: Vec<Vec<Uuid>> = sqlx::query_scalar(
-        "SELECT c.ids FROM analytics_claims c
-         WHERE (c.part = $3 OR c.part = -1 OR c.layout <> $4 OR $4 = 0)
-           AND EXISTS (SELECT 1 FROM unnest($1::int8[], $2::int8[]) AS r(lo, hi)
-                       WHERE c.span && int8range(r.lo, r.hi, '[]'))",
+        "SELECT c.ids FROM unnest($1::int8[], $2::int8[]) AS r(lo, hi)
+         JOIN analytics_claims c ON c.span && int8range(r.lo, r.hi, '[]')
+         WHERE c.part = $3 OR c.part = $5 OR c.layout <> $4 OR $4 = 0",
     )
     .bind(&los)
     .bind(&his)
     .bind(part)
     .bind(layout)
+    .bind(REBUILT_PART)
     .fetch_all(&mut *conn)
     .await?;
     let claimed: HashSet<Uuid> = earlier.into_iter().flatten().collect();
@@ -105,11 +109,38 @@ fn runs(sorted: &[Uuid]) -> Vec<std::ops::Range<usize>> {
     runs
 }
 
+/// Marks the order events of the feed that occurred from `since` (all, if
+/// `None`) as counted, for a rebuild that counted them from the tables: one
+/// claim row per second of the events' creation times, as part
+/// [`REBUILT_PART`] (searched by every batch). Returns how many ids.
+pub async fn mark_feed(conn: &mut PgConnection, since: Option<DateTime<Utc>>) -> sqlx::Result<u64> {
+    let marked: i64 = sqlx::query_scalar(
+        "WITH marked AS (
+             INSERT INTO analytics_claims (part, layout, span, n, ids)
+             SELECT $2, 0, int8range(min(ms), max(ms), '[]'), count(*), array_agg(id ORDER BY id)
+             FROM (
+                 SELECT id, ('x' || lpad(substr(replace(id::text, '-', ''), 1, 12), 16, '0'))::bit(64)::bigint AS ms
+                 FROM (SELECT DISTINCT (body->>'event_id')::uuid AS id FROM order_feed
+                       WHERE to_timestamp((body->>'occurred_at')::bigint / 1000.0) >= $1
+                         AND body->>'event_id' ~ '^[0-9a-fA-F-]{36}$') AS f
+             ) AS t
+             GROUP BY ms / 1000
+             RETURNING n
+         )
+         SELECT coalesce(sum(n), 0)::bigint FROM marked",
+    )
+    .bind(since)
+    .bind(REBUILT_PART)
+    .fetch_one(conn)
+    .await?;
+    Ok(u64::try_from(marked).unwrap_or(0))
+}
+
 /// Forgets counted event ids created before `before` (whole claim rows,
 /// whose span ends before it). Returns how many ids went.
 pub async fn purge_claims(pool: &PgPool, before: DateTime<Utc>) -> sqlx::Result<u64> {
     let forgotten: i64 = sqlx::query_scalar(
-        "WITH gone AS (DELETE FROM analytics_claims WHERE upper(span) <= $1 RETURNING n)
+        "WITH gone AS (DELETE FROM analytics_claims WHERE span << int8range($1, NULL) RETURNING n)
          SELECT coalesce(sum(n), 0)::bigint FROM gone",
     )
     .bind(before.timestamp_millis())
