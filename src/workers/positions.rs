@@ -30,6 +30,7 @@ pub(super) struct Positions {
     partitions: HashMap<i32, Position>,
 }
 
+#[derive(Default)]
 struct Position {
     /// The next offset this assignment must be given; unknown until the
     /// first message when the group had no committed offset.
@@ -38,6 +39,16 @@ struct Position {
     rewinds: u32,
     /// Where the last rewind read from.
     rewound_to: Option<i64>,
+}
+
+impl Position {
+    /// Expecting `offset` next, no rewind under way.
+    fn at(offset: Option<i64>) -> Self {
+        Position {
+            expected: offset,
+            ..Position::default()
+        }
+    }
 }
 
 /// What to do with a message.
@@ -58,14 +69,7 @@ impl Positions {
     /// A partition was assigned; the group's committed offset, if it had one,
     /// is where its messages must start.
     pub(super) fn assigned(&mut self, partition: i32, committed: Option<i64>) {
-        self.partitions.insert(
-            partition,
-            Position {
-                expected: committed,
-                rewinds: 0,
-                rewound_to: None,
-            },
-        );
+        self.partitions.insert(partition, Position::at(committed));
     }
 
     pub(super) fn revoked(&mut self, partition: i32) {
@@ -74,11 +78,7 @@ impl Positions {
 
     /// Judges the message at `offset` of `partition`.
     pub(super) fn check(&mut self, partition: i32, offset: i64) -> Verdict {
-        let position = self.partitions.entry(partition).or_insert(Position {
-            expected: None,
-            rewinds: 0,
-            rewound_to: None,
-        });
+        let position = self.partitions.entry(partition).or_default();
         let Some(expected) = position.expected else {
             position.expected = Some(offset + 1);
             return Verdict::Take;
@@ -91,15 +91,11 @@ impl Positions {
             return Verdict::Take;
         }
         if offset == expected {
-            position.expected = Some(offset + 1);
-            position.rewinds = 0;
-            position.rewound_to = None;
+            *position = Position::at(Some(offset + 1));
             return Verdict::Take;
         }
         if position.rewound_to == Some(0) {
-            position.expected = Some(offset + 1);
-            position.rewinds = 0;
-            position.rewound_to = None;
+            *position = Position::at(Some(offset + 1));
             return Verdict::TakeAfterGap {
                 missing_from: expected,
             };
