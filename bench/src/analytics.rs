@@ -59,8 +59,7 @@ impl Bench {
                     .await?;
             }
             let pid = self.worker()?.pid();
-            let published_before = self.order_events_published().await?;
-            let counted_before = self.order_events_counted().await?;
+            let before = self.order_events_progress().await?;
             let cpu_before = crate::cpu::now(pid);
             let events_before = self.count("SELECT count(*) FROM processed_events").await?;
             let rate = self
@@ -75,9 +74,7 @@ impl Bench {
             // The CPU of the burst's whole work: until its order events are
             // published and, with the loop, counted (the loop may trail the
             // inputs by its linger).
-            let trailed = self
-                .wait_burst_done(analytics, published_before, counted_before)
-                .await?;
+            let trailed = self.wait_burst_done(analytics, before).await?;
             let cpu = (crate::cpu::now(pid) - cpu_before).per_thousand(events);
             if analytics {
                 trailing.push(trailed);
@@ -246,38 +243,30 @@ impl Bench {
         }
     }
 
-    /// `order-events` records the worker's relay published so far.
-    async fn order_events_published(&self) -> anyhow::Result<f64> {
+    /// From one read of the worker's metrics: the outbox backlog, and the
+    /// `order-events` records its relay published and its analytics loop
+    /// handled so far.
+    async fn order_events_progress(&self) -> anyhow::Result<Progress> {
         let page = self.worker()?.metrics_page().await?;
         let topic = [("topic", self.settings().topics.order_events.as_str())];
-        Ok(prom::sum(&page, "orderflow_outbox_published_total", &topic))
-    }
-
-    /// `order-events` records the worker's analytics loop handled so far.
-    async fn order_events_counted(&self) -> anyhow::Result<f64> {
-        let page = self.worker()?.metrics_page().await?;
-        let topic = [("topic", self.settings().topics.order_events.as_str())];
-        Ok(prom::sum(&page, "orderflow_messages_total", &topic))
+        Ok(Progress {
+            backlog: prom::sum(&page, "orderflow_outbox_backlog", &[]),
+            published: prom::sum(&page, "orderflow_outbox_published_total", &topic),
+            counted: prom::sum(&page, "orderflow_messages_total", &topic),
+        })
     }
 
     /// Waits until the outbox is empty and, `with_loop`, until the loop has
     /// handled every record published since the burst began; returns how
     /// long that took after the inputs were committed. Reads the worker's
     /// metrics, not the tables (counting those would load PostgreSQL).
-    async fn wait_burst_done(
-        &self,
-        with_loop: bool,
-        published_before: f64,
-        counted_before: f64,
-    ) -> anyhow::Result<f64> {
+    async fn wait_burst_done(&self, with_loop: bool, before: Progress) -> anyhow::Result<f64> {
         let started = Instant::now();
         loop {
-            let page = self.worker()?.metrics_page().await?;
-            let topic = [("topic", self.settings().topics.order_events.as_str())];
-            let backlog = prom::sum(&page, "orderflow_outbox_backlog", &[]);
-            let published =
-                prom::sum(&page, "orderflow_outbox_published_total", &topic) - published_before;
-            let counted = prom::sum(&page, "orderflow_messages_total", &topic) - counted_before;
+            let now = self.order_events_progress().await?;
+            let backlog = now.backlog;
+            let published = now.published - before.published;
+            let counted = now.counted - before.counted;
             if backlog == 0.0 && (!with_loop || counted >= published) {
                 return Ok(started.elapsed().as_secs_f64());
             }
@@ -343,3 +332,11 @@ const PRELOAD: [&str; 3] = [
             created_at + (length(order_id) * 37 % 600) * interval '1 second'
      FROM orders WHERE order_id LIKE 'pre-%' AND status = 'PAID' AND $1 >= 0",
 ];
+
+/// Where the worker's outbox and analytics loop stand, from its metrics.
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    backlog: f64,
+    published: f64,
+    counted: f64,
+}
