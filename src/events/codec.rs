@@ -189,6 +189,11 @@ impl Codec {
             .encode_value(avro::order_event_value(&event)?, &strategy)
             .await
             .map_err(|e| {
+                // The encoder caches a non-retriable error (subject not
+                // registered yet) for good; the relay retries with backoff,
+                // so let the next round ask the registry again: `run`
+                // started before `schemas register` recovers by itself.
+                registry.encoder.remove_errors_from_cache();
                 anyhow::anyhow!(
                     "failed to encode {} as Avro for {topic}-value: {e}",
                     event.event_type()

@@ -303,3 +303,47 @@ async fn schemas_check_fails_on_a_backward_incompatible_registered_version() {
     assert!(!bad.status.success(), "{stdout}");
     assert!(stdout.contains("NOT backward compatible"), "{stdout}");
 }
+
+/// `run` started before `schemas register`: the relay cannot encode order
+/// events (the registry does not know the subject), and must recover once
+/// the schemas are registered, without a restart. The registry client caches
+/// such a "not found" for good unless told to forget it.
+#[tokio::test]
+async fn the_relay_recovers_once_the_order_events_schema_is_registered() {
+    let registry = RegistryDouble::start().await;
+    let url = registry.url.clone();
+    let env = TestEnv::with(|s| s.schema_registry_url = Some(url)).await;
+    let app = env.start().await;
+    env.produce_checkout(&checkout("late-schema-1", 1, 1)).await;
+    app.wait_handled(&env.settings.topics.checkouts, Outcome::Applied, 1)
+        .await;
+    let started = Instant::now();
+    loop {
+        let text = app.metrics().await;
+        let failures = text
+            .lines()
+            .find_map(|l| l.strip_prefix("orderflow_outbox_publish_failures_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if failures >= 2.0 {
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "the relay never failed to encode");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        env.count("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+            .await,
+        1
+    );
+    orderflow::schemas::register(&env.settings)
+        .await
+        .expect("register schemas");
+    env.wait_count("SELECT count(*) FROM outbox WHERE sent_at IS NULL", 0)
+        .await;
+    let published = env
+        .read_topic(&env.settings.topics.order_events, 1, Duration::ZERO)
+        .await;
+    assert_eq!(published[0].payload[0], 0, "published as Confluent Avro");
+    app.stop().await;
+}
