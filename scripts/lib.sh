@@ -12,6 +12,8 @@ export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/orderflo
 export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:9092}"
 TANSU_VERSION=0.6.0
 STARTED_PIDS=()
+# Scratch directories removed by cleanup().
+TEMP_DIRS=()
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf '\033[31merror:\033[0m %s\n' "$*" >&2; exit 1; }
@@ -29,6 +31,7 @@ cleanup() {
     for _ in $(seq 1 "$grace"); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null || true
   done
+  for dir in "${TEMP_DIRS[@]}"; do rm -rf "$dir"; done
 }
 
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
@@ -109,4 +112,61 @@ ensure_chromium() {
   $sudo apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 ||
     { $sudo apt-get update -q >/dev/null 2>&1 && $sudo apt-get install -y -q chromium chromium-driver >/dev/null; } ||
     die "could not install chromium and chromium-driver"
+}
+
+# A throwaway PostgreSQL that takes TLS connections only, for the TLS test:
+# its own cluster (initdb; as the postgres user when run as root) on
+# PG_TLS_PORT (default 55432), with a CA and a server certificate for
+# 127.0.0.1 made here with openssl. Exports ORDERFLOW_TLS_DATABASE_URL
+# (sslmode=verify-full against that CA) and ORDERFLOW_TLS_CA.
+start_tls_postgres() {
+  if [ -n "${ORDERFLOW_TLS_DATABASE_URL:-}" ]; then
+    say "using the TLS PostgreSQL at ORDERFLOW_TLS_DATABASE_URL"
+    return
+  fi
+  local bin port="${PG_TLS_PORT:-55432}" dir as=()
+  bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
+  if [ -z "$bin" ] || [ ! -x "$bin/initdb" ]; then
+    bin="$(dirname "$(command -v initdb 2>/dev/null || echo /nonexistent/initdb)")"
+  fi
+  [ -x "$bin/initdb" ] || die "the TLS test needs PostgreSQL's server binaries (initdb, pg_ctl) to start a TLS-only cluster:
+  install them (Debian/Ubuntu: sudo apt-get install postgresql), or set ORDERFLOW_TLS_DATABASE_URL to a
+  server that requires TLS, e.g. postgres://user@host:5432/postgres?sslmode=verify-full&sslrootcert=/path/ca.crt"
+  command -v openssl >/dev/null || die "the TLS test needs openssl to make its certificates (apt-get install openssl)"
+  port_open 127.0.0.1 "$port" && die "port $port is taken; set PG_TLS_PORT to a free one"
+  dir="$(mktemp -d /tmp/orderflow-pgtls.XXXXXX)"
+  TEMP_DIRS+=("$dir")
+  say "starting a TLS-only PostgreSQL on 127.0.0.1:$port (certificates in $dir)"
+  (
+    cd "$dir"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=orderflow test CA" \
+      -keyout ca.key -out ca.crt 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout server.key -out server.csr 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >san.ext
+    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+      -extfile san.ext -out server.crt 2>/dev/null
+    chmod 600 server.key
+  ) || die "could not make the test certificates"
+  if [ "$(id -u)" -eq 0 ]; then
+    chown -R postgres "$dir"
+    as=(runuser -u postgres --)
+  fi
+  "${as[@]}" "$bin/initdb" -D "$dir/data" -A trust -U postgres >"$dir/initdb.log" 2>&1 ||
+    die "initdb failed; see $dir/initdb.log"
+  cat >>"$dir/data/postgresql.conf" <<CONF
+port = $port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$dir'
+ssl = on
+ssl_cert_file = '$dir/server.crt'
+ssl_key_file = '$dir/server.key'
+fsync = off
+CONF
+  printf 'local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n' \
+    >"$dir/data/pg_hba.conf"
+  "${as[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w start >/dev/null ||
+    die "the TLS PostgreSQL did not start; see $dir/postgres.log"
+  STARTED_PIDS+=("$(head -1 "$dir/data/postmaster.pid")")
+  export ORDERFLOW_TLS_CA="$dir/ca.crt"
+  export ORDERFLOW_TLS_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres?sslmode=verify-full&sslrootcert=$dir/ca.crt"
 }

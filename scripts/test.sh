@@ -10,6 +10,7 @@ trap cleanup EXIT
 cd "$ROOT"
 
 ensure_postgres
+start_tls_postgres
 ensure_chromium
 start_broker "memory://tansu/"
 
