@@ -7,10 +7,12 @@
 //! counters and the unit in the name; labels are few and low-cardinality
 //! (never an order id).
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    exponential_buckets, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tracing_subscriber::{fmt, EnvFilter};
@@ -36,6 +38,13 @@ pub fn init_tracing(json: bool) {
 
 pub struct Metrics {
     registry: Registry,
+    /// The standard `process_*` metrics, unprefixed as dashboards expect.
+    process: Registry,
+    liveness: Mutex<HashMap<String, LoopHealth>>,
+    /// The relay leader's oldest unpublished outbox row: its age when
+    /// measured, and when that was. The gauge is computed from it at each
+    /// scrape, so it keeps growing while the relay fails or backs off.
+    oldest_unpublished: Mutex<Option<(Duration, Instant)>>,
     consumer: ConsumerMetrics,
     outbox: OutboxMetrics,
     http: HttpMetrics,
@@ -139,7 +148,7 @@ impl ConsumerMetrics {
             ),
             consumer_up: r.gauges(
                 "consumer_up",
-                "1 while the consumer loop of a topic runs",
+                "1 while the consumer loop of a topic runs and its client is in contact with a broker and its group coordinator",
                 &["topic"],
             ),
             rewinds: r.counters(
@@ -159,6 +168,7 @@ impl ConsumerMetrics {
 /// The outbox relay.
 struct OutboxMetrics {
     outbox_backlog: IntGauge,
+    oldest_unpublished_age: Gauge,
     relay_leader: IntGauge,
     outbox_published: IntCounterVec,
     outbox_publish_latency: Histogram,
@@ -170,6 +180,10 @@ impl OutboxMetrics {
     fn new(r: &Registrar) -> Self {
         OutboxMetrics {
             outbox_backlog: r.gauge("outbox_backlog", "Outbox records not yet published"),
+            oldest_unpublished_age: r.add(Gauge::new(
+                "outbox_oldest_unpublished_age_seconds",
+                "Age of the oldest outbox record not yet published (0 when none, or on a relay standby)",
+            )),
             relay_leader: r.gauge(
                 "relay_leader",
                 "1 while this instance holds the relay lease and publishes the outbox",
@@ -375,11 +389,61 @@ impl Registrar {
     }
 }
 
+/// What makes a consumer loop "up" (see [`Metrics::consumer_running`]).
+struct LoopHealth {
+    running: bool,
+    contact: Option<Instant>,
+    window: Duration,
+}
+
+impl LoopHealth {
+    fn up(&self) -> bool {
+        self.running && self.contact.is_some_and(|at| at.elapsed() <= self.window)
+    }
+}
+
+/// Marks a consumer loop running until dropped, so a loop that ends or
+/// panics reads down.
+pub struct LoopRunning {
+    metrics: Arc<Metrics>,
+    topic: String,
+}
+
+impl Drop for LoopRunning {
+    fn drop(&mut self) {
+        if let Some(health) = self.metrics.liveness().get_mut(&self.topic) {
+            health.running = false;
+        }
+        self.metrics.refresh_liveness();
+    }
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let r =
             Registrar(Registry::new_custom(Some("orderflow".into()), None).expect("valid prefix"));
+        let build_info = r.gauges(
+            "build_info",
+            "Always 1; the labels say which build runs",
+            &["version", "git_sha"],
+        );
+        build_info
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                option_env!("ORDERFLOW_GIT_SHA").unwrap_or("unknown"),
+            ])
+            .set(1);
+        let process = Registry::new();
+        #[cfg(target_os = "linux")]
+        process
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process collector registered once");
         Metrics {
+            process,
+            liveness: Mutex::new(HashMap::new()),
+            oldest_unpublished: Mutex::new(None),
             consumer: ConsumerMetrics::new(&r),
             outbox: OutboxMetrics::new(&r),
             http: HttpMetrics::new(&r),
@@ -451,9 +515,18 @@ impl Metrics {
 
     /// The text exposition format served on `/metrics`.
     pub fn render(&self) -> String {
+        self.refresh_liveness();
+        let age = self
+            .oldest_unpublished
+            .lock()
+            .expect("oldest unpublished lock")
+            .map_or(0.0, |(age, at)| (age + at.elapsed()).as_secs_f64());
+        self.outbox.oldest_unpublished_age.set(age);
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
         let mut buf = Vec::new();
         TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
+            .encode(&families, &mut buf)
             .expect("text encoding of gathered metrics");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
     }
@@ -569,23 +642,63 @@ impl Metrics {
             .inc();
     }
 
-    pub fn set_consumer_up(&self, topic: &str, up: bool) {
-        self.consumer
-            .consumer_up
-            .with_label_values(&[topic])
-            .set(i64::from(up));
+    /// The loop of `topic` runs until the guard is dropped. It is up while
+    /// it runs and its client was last in contact with a broker and its
+    /// group coordinator ([`Metrics::consumer_contact`]) at most `window`
+    /// ago.
+    pub fn consumer_running(self: &Arc<Self>, topic: &str, window: Duration) -> LoopRunning {
+        self.liveness().insert(
+            topic.to_owned(),
+            LoopHealth {
+                running: true,
+                contact: None,
+                window,
+            },
+        );
+        self.refresh_liveness();
+        LoopRunning {
+            metrics: self.clone(),
+            topic: topic.to_owned(),
+        }
+    }
+
+    /// The loop of `topic` is in contact with a broker and its group's
+    /// coordinator (statistics said so, or partitions were assigned).
+    pub fn consumer_contact(&self, topic: &str) {
+        if let Some(health) = self.liveness().get_mut(topic) {
+            health.contact = Some(Instant::now());
+        }
     }
 
     pub fn consumer_is_up(&self, topic: &str) -> bool {
-        self.consumer.consumer_up.with_label_values(&[topic]).get() > 0
+        self.liveness().get(topic).is_some_and(LoopHealth::up)
+    }
+
+    fn liveness(&self) -> std::sync::MutexGuard<'_, HashMap<String, LoopHealth>> {
+        self.liveness.lock().expect("liveness lock")
+    }
+
+    fn refresh_liveness(&self) {
+        for (topic, health) in self.liveness().iter() {
+            self.consumer
+                .consumer_up
+                .with_label_values(&[topic])
+                .set(i64::from(health.up()));
+        }
     }
 
     pub fn set_relay_leader(&self, leader: bool) {
         self.outbox.relay_leader.set(i64::from(leader));
     }
 
-    pub fn set_outbox_backlog(&self, rows: i64) {
+    /// The outbox backlog as the relay leader counted it, with the age of
+    /// its oldest row; `(0, None)` on a standby (the leader reports).
+    pub fn set_outbox_backlog(&self, rows: i64, oldest_age: Option<Duration>) {
         self.outbox.outbox_backlog.set(rows);
+        *self
+            .oldest_unpublished
+            .lock()
+            .expect("oldest unpublished lock") = oldest_age.map(|age| (age, Instant::now()));
     }
 
     pub fn outbox_published(&self, topic: &str, age: Duration) {
@@ -661,9 +774,10 @@ mod tests {
 
     #[test]
     fn metrics_render_with_prefix_and_labels() {
-        let m = Metrics::new();
+        let m = Arc::new(Metrics::new());
         m.message_handled("checkouts", "dead_lettered");
-        m.set_consumer_up("checkouts", true);
+        let running = m.consumer_running("checkouts", Duration::from_secs(60));
+        m.consumer_contact("checkouts");
         let text = m.render();
         assert!(
             text.contains(
@@ -671,7 +785,41 @@ mod tests {
             ),
             "{text}"
         );
+        assert!(text.contains(r#"orderflow_consumer_up{topic="checkouts"} 1"#));
+        assert!(text.contains("orderflow_build_info{"), "{text}");
+        assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
         assert!(m.consumer_is_up("checkouts"));
         assert!(!m.consumer_is_up("cancellations"));
+        drop(running);
+        assert!(!m.consumer_is_up("checkouts"), "a dropped loop reads down");
+        assert!(m
+            .render()
+            .contains(r#"orderflow_consumer_up{topic="checkouts"} 0"#));
+    }
+
+    #[test]
+    fn a_loop_is_up_only_after_contact_and_while_it_is_fresh() {
+        let m = Arc::new(Metrics::new());
+        let _running = m.consumer_running("checkouts", Duration::from_millis(50));
+        assert!(!m.consumer_is_up("checkouts"), "no broker contact yet");
+        m.consumer_contact("checkouts");
+        assert!(m.consumer_is_up("checkouts"));
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(!m.consumer_is_up("checkouts"), "contact went stale");
+    }
+
+    #[test]
+    fn the_oldest_unpublished_age_keeps_growing_between_measurements() {
+        let m = Metrics::new();
+        m.set_outbox_backlog(3, Some(Duration::from_secs(100)));
+        m.render();
+        let age = m.outbox.oldest_unpublished_age.get();
+        std::thread::sleep(Duration::from_millis(20));
+        m.render();
+        let later = m.outbox.oldest_unpublished_age.get();
+        assert!(later > 100.0 && later > age, "{age} -> {later}");
+        m.set_outbox_backlog(0, None);
+        m.render();
+        assert_eq!(m.outbox.oldest_unpublished_age.get(), 0.0);
     }
 }

@@ -163,7 +163,7 @@ impl Bench {
         let elapsed = started.elapsed().as_secs_f64();
         report.throughput_events_per_s = total as f64 / elapsed;
         report.throughput_checkouts_per_s = o.checkouts as f64 / elapsed;
-        while orderflow::store::outbox::backlog(&self.pool).await? > 0 {
+        while orderflow::store::outbox::backlog(&self.pool).await?.0 > 0 {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         report.outbox_drained_s = started.elapsed().as_secs_f64();

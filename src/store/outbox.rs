@@ -160,10 +160,18 @@ pub async fn mark_sent(conn: &mut PgConnection, ids: &[i64], lease: &Lease) -> s
     Ok(held)
 }
 
-pub async fn backlog(pool: &PgPool) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
-        .fetch_one(pool)
-        .await
+/// Unpublished rows: how many, and the age of the oldest (lowest id) by the
+/// database's clock.
+pub async fn backlog(pool: &PgPool) -> sqlx::Result<(i64, Option<Duration>)> {
+    let (rows, age): (i64, Option<f64>) = sqlx::query_as(
+        "SELECT count(*),
+                (SELECT extract(epoch FROM clock_timestamp() - created_at)::float8
+                 FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT 1)
+         FROM outbox WHERE sent_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((rows, age.map(|s| Duration::from_secs_f64(s.max(0.0)))))
 }
 
 /// Deletes published rows older than `retention`, at most `limit` at a time.

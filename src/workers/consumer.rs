@@ -303,6 +303,12 @@ pub async fn run<A: Apply>(
 ) -> anyhow::Result<()> {
     let topic = applier.topic().to_owned();
     let group = applier.group(&deps.settings);
+    // Up while this function runs (a panic drops the guard too) and the
+    // client's statistics show broker and coordinator contact.
+    let _running = deps.metrics.consumer_running(
+        &topic,
+        deps.settings.statistics_interval * 3 + Duration::from_secs(5),
+    );
     let context = LoopContext::new(&topic, &group, deps.metrics.clone(), A::GAP_FREE);
     let consumer: StreamConsumer<LoopContext> = applier
         .consumer_config(&deps.settings, &group)
@@ -311,7 +317,6 @@ pub async fn run<A: Apply>(
     consumer
         .subscribe(&[topic.as_str()])
         .with_context(|| format!("failed to subscribe to {topic}"))?;
-    deps.metrics.set_consumer_up(&topic, true);
     info!(%topic, %group, "consumer loop started");
     let rejoin = Arc::new(AtomicBool::new(false));
     let membership = Membership {
@@ -333,7 +338,6 @@ pub async fn run<A: Apply>(
     consume(&consumer, &processor, &shutdown, &rejoin).await;
     commit_stored(&consumer, &topic, "at shutdown");
     let _ = watching.await;
-    deps.metrics.set_consumer_up(&topic, false);
     // Closing leaves the group; librdkafka blocks while it does, for long if
     // the broker is gone, so keep that off the async workers.
     tokio::task::spawn_blocking(move || drop(consumer))

@@ -70,6 +70,14 @@ impl LoopContext {
 
 impl ClientContext for LoopContext {
     fn stats(&self, stats: Statistics) {
+        // Contact: some broker connection is up and the group handler has
+        // its coordinator ("up" in librdkafka's cgrp states). Statistics
+        // come only while the loop polls, so a stuck loop goes stale too.
+        let broker_up = stats.brokers.values().any(|b| b.state == "UP");
+        let coordinated = stats.cgrp.as_ref().is_some_and(|g| g.state == "up");
+        if broker_up && coordinated {
+            self.metrics.consumer_contact(&self.topic);
+        }
         if let Some(topic) = stats.topics.get(&self.topic) {
             for (partition, p) in &topic.partitions {
                 // -1 is librdkafka's internal "unassigned" partition; a lag of
@@ -110,6 +118,7 @@ impl ConsumerContext for LoopContext {
         if let Rebalance::Assign(tpl) = rebalance {
             let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
             info!(topic = %self.topic, ?partitions, "partitions assigned");
+            self.metrics.consumer_contact(&self.topic);
             self.metrics
                 .rebalanced(&self.topic, "assign", partitions.len());
             if self.with_committed {

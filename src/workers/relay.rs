@@ -96,6 +96,8 @@ impl Relay {
             if let Some(lease) = taken {
                 break lease;
             }
+            // A standby: the leader reports the backlog.
+            self.metrics.set_outbox_backlog(0, None);
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(self.settings.outbox_poll_interval * 5) => {}
@@ -109,9 +111,13 @@ impl Relay {
         let result = self
             .publish_loop(&mut conn, &producer, &lease, shutdown)
             .await;
-        // No longer the leader: another instance reports the backlog now.
         self.metrics.set_relay_leader(false);
-        self.metrics.set_outbox_backlog(0);
+        if result.is_ok() {
+            // Stepped down: another instance reports the backlog now. After
+            // a failure the last count stays (the relay retries, and an
+            // outage must keep OrderflowOutboxStalled armed).
+            self.metrics.set_outbox_backlog(0, None);
+        }
         // Whatever librdkafka still holds was never marked sent; it will be
         // published again by the next leader, so a short flush is enough.
         let _ = producer.flush(Timeout::After(Duration::from_secs(5)));
@@ -154,10 +160,10 @@ impl Relay {
                 renewed = Instant::now();
             }
             if last_backlog.elapsed() >= BACKLOG_EVERY {
-                let backlog = outbox::backlog(&self.pool)
+                let (rows, oldest) = outbox::backlog(&self.pool)
                     .await
                     .context("failed to count the outbox")?;
-                self.metrics.set_outbox_backlog(backlog);
+                self.metrics.set_outbox_backlog(rows, oldest);
                 last_backlog = Instant::now();
             }
             if last_purge.elapsed() >= PURGE_EVERY {
@@ -183,7 +189,7 @@ impl Relay {
                 .await
                 .context("failed to read the outbox")?;
             if rows.is_empty() {
-                self.metrics.set_outbox_backlog(0);
+                self.metrics.set_outbox_backlog(0, None);
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = self.wakeup.notified() => {}

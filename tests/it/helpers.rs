@@ -291,6 +291,19 @@ impl TestApp {
         (status, body)
     }
 
+    /// Polls `/readyz` until it answers 200.
+    pub async fn wait_ready(&self) {
+        let started = Instant::now();
+        loop {
+            let (status, body) = self.get("/readyz").await;
+            if status == 200 {
+                return;
+            }
+            assert!(started.elapsed() < WAIT, "not ready: {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Polls `/metrics` until it contains `expected`.
     pub async fn wait_metric(&self, expected: &str) {
         let started = Instant::now();

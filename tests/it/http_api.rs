@@ -99,6 +99,9 @@ async fn health_readiness_and_metrics_report_the_running_service() {
     let app = env.start().await;
     let (status, _) = app.get("/healthz").await;
     assert_eq!(status, 200);
+    // Ready once every loop's client has reached the broker and its group
+    // coordinator (statistics every 500 ms in tests).
+    app.wait_ready().await;
     let (status, ready) = app.get("/readyz").await;
     assert_eq!(status, 200, "{ready}");
     assert_eq!(ready["database"], true);
@@ -123,6 +126,18 @@ async fn health_readiness_and_metrics_report_the_running_service() {
         assert!(text.contains(expected), "missing {expected} in\n{text}");
     }
     assert!(!text.contains("m-1"), "an order id leaked into a label");
+    let topic = &env.settings.topics.checkouts;
+    for expected in [
+        format!("orderflow_consumer_up{{topic=\"{topic}\"}} 1"),
+        format!("orderflow_consumer_assigned_partitions{{topic=\"{topic}\"}}"),
+        format!("orderflow_rebalances_total{{kind=\"assign\",topic=\"{topic}\"}}"),
+        "orderflow_outbox_oldest_unpublished_age_seconds 0".to_owned(),
+        "orderflow_build_info{git_sha=".to_owned(),
+        "\nprocess_resident_memory_bytes ".to_owned(),
+        "\nprocess_cpu_seconds_total ".to_owned(),
+    ] {
+        assert!(text.contains(&expected), "missing {expected} in\n{text}");
+    }
     // Lag comes from librdkafka statistics, every 500 ms in tests.
     app.wait_metric("orderflow_consumer_lag_messages{").await;
 
@@ -132,5 +147,28 @@ async fn health_readiness_and_metrics_report_the_running_service() {
     assert_eq!(status, 200);
     http_only.stop().await;
 
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_that_cannot_reach_kafka_is_not_ready() {
+    let env = TestEnv::new().await;
+    // The database is fine; nothing listens where the brokers should be.
+    let mut settings = env.settings.clone();
+    settings.kafka_brokers = "127.0.0.1:1".to_owned();
+    let unreachable = TestEnv::with_settings(settings).await;
+    let app = unreachable.start().await;
+    // Long enough for several statistics intervals (500 ms in tests).
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let (status, ready) = app.get("/readyz").await;
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready["database"], true);
+    assert_eq!(ready["consumers"][&env.settings.topics.checkouts], false);
+    let text = app.metrics().await;
+    let line = format!(
+        "orderflow_consumer_up{{topic=\"{}\"}} 0",
+        env.settings.topics.checkouts
+    );
+    assert!(text.contains(&line), "missing {line} in\n{text}");
     app.stop().await;
 }
