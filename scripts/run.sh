@@ -23,22 +23,28 @@ mkdir -p "$LOCAL/tansu"
 # Tansu reads the path after sqlite:// relative to its working directory.
 start_broker "sqlite://.local/tansu/tansu.db"
 
-say "building orderflow (release)"
-cargo build --release --locked --quiet -p orderflow
-BIN="$TARGET/release/orderflow"
+# The debug profile (dependencies at opt-level 1), which ./scripts/test.sh
+# uses too, so the tests reuse this build; the benchmark builds release.
+if [ -x "$TARGET/debug/orderflow" ]; then
+  say "building orderflow (debug profile, shared with ./scripts/test.sh; seconds when nothing changed)"
+else
+  say "building orderflow for the first time (debug profile, shared with ./scripts/test.sh): about 5-10 minutes on 2 cores"
+fi
+cargo build --locked -p orderflow
+BIN="$TARGET/debug/orderflow"
 export HTTP_ADDR="${HTTP_ADDR:-127.0.0.1:8080}"
 
 say "applying migrations to $DATABASE_URL"
 "$BIN" migrate
 say "creating topics"
-"$BIN" topics apply --dir "$ROOT/topics"
+"$BIN" topics apply
 
 say "starting orderflow (logs: $LOCAL/orderflow.log, appended)"
 echo "---- orderflow run, $(date -u +%Y-%m-%dT%H:%M:%SZ) ----" >>"$LOCAL/orderflow.log"
 "$BIN" run >>"$LOCAL/orderflow.log" 2>&1 &
 RUN_PID=$!
 STARTED_PIDS=("$RUN_PID" "${STARTED_PIDS[@]}")
-for _ in $(seq 1 100); do
+for _ in $(seq 1 300); do
   curl -fsS "http://$HTTP_ADDR/readyz" >/dev/null 2>&1 && break
   kill -0 "$RUN_PID" 2>/dev/null || { tail -20 "$LOCAL/orderflow.log" >&2; die "orderflow exited at start"; }
   sleep 0.2

@@ -9,6 +9,225 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+/// One environment variable orderflow reads.
+pub struct Variable {
+    pub name: &'static str,
+    /// Empty: unset by default.
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+/// Every variable [`Settings::from_lookup`] reads (and `RUST_LOG`), for
+/// `orderflow run --help`; the README's table says more about each. A test
+/// keeps this list, the code and the README in step.
+pub const VARIABLES: &[Variable] = &[
+    Variable {
+        name: "DATABASE_URL",
+        default: "postgres://postgres@127.0.0.1:5432/orderflow",
+        help: "PostgreSQL (sslmode=require|verify-ca|verify-full, sslrootcert=PATH for TLS)",
+    },
+    Variable {
+        name: "DATABASE_MAX_CONNECTIONS",
+        default: "20",
+        help: "pool size shared by the loops' batches and HTTP",
+    },
+    Variable {
+        name: "KAFKA_BROKERS",
+        default: "127.0.0.1:9092",
+        help: "bootstrap servers",
+    },
+    Variable {
+        name: "KAFKA_GROUP_ID",
+        default: "orderflow",
+        help: "consumer group (the other loops use <id>.<topic>)",
+    },
+    Variable {
+        name: "KAFKA_CONFIG",
+        default: "",
+        help: "extra librdkafka properties for every client, k=v,k=v or k=v;k=v",
+    },
+    Variable {
+        name: "KAFKA_CONSUMER_CONFIG",
+        default: "",
+        help: "the same, for consumers only",
+    },
+    Variable {
+        name: "KAFKA_PRODUCER_CONFIG",
+        default: "",
+        help: "the same, for producers only",
+    },
+    Variable {
+        name: "KAFKA_STATISTICS_INTERVAL_MS",
+        default: "5000",
+        help: "librdkafka statistics: lag, broker contact (readiness)",
+    },
+    Variable {
+        name: "TOPIC_CHECKOUTS",
+        default: "checkouts",
+        help: "input; dead letters on <name>.dlq",
+    },
+    Variable {
+        name: "TOPIC_PAYMENT_CONFIRMATIONS",
+        default: "payment-confirmations",
+        help: "input; dead letters on <name>.dlq",
+    },
+    Variable {
+        name: "TOPIC_CANCELLATIONS",
+        default: "cancellations",
+        help: "input; dead letters on <name>.dlq",
+    },
+    Variable {
+        name: "TOPIC_ORDER_EVENTS",
+        default: "order-events",
+        help: "output; read by the analytics loop",
+    },
+    Variable {
+        name: "SCHEMA_REGISTRY_URL",
+        default: "",
+        help: "Confluent-compatible registry: Avro in and out",
+    },
+    Variable {
+        name: "TOPIC_REPLICATION_FACTOR",
+        default: "1",
+        help: "for topics apply; -1 = broker default",
+    },
+    Variable {
+        name: "HTTP_ADDR",
+        default: "127.0.0.1:8080",
+        help: "HTTP listen address",
+    },
+    Variable {
+        name: "BATCH_MAX_MESSAGES",
+        default: "500",
+        help: "most messages of a partition per transaction",
+    },
+    Variable {
+        name: "BATCH_MAX_WAIT_MS",
+        default: "0",
+        help: "how long a partial batch lingers for more",
+    },
+    Variable {
+        name: "BATCH_CONCURRENCY",
+        default: "4",
+        help: "batches one loop applies at once",
+    },
+    Variable {
+        name: "MAX_MESSAGE_BYTES",
+        default: "1000000",
+        help: "larger payloads are dead-lettered",
+    },
+    Variable {
+        name: "OUTBOX_POLL_INTERVAL_MS",
+        default: "200",
+        help: "relay polling when idle",
+    },
+    Variable {
+        name: "OUTBOX_BATCH_SIZE",
+        default: "1000",
+        help: "rows the relay publishes per round",
+    },
+    Variable {
+        name: "OUTBOX_RETENTION_SECS",
+        default: "86400",
+        help: "published outbox rows are deleted after this",
+    },
+    Variable {
+        name: "DEFAULT_TAX_RATE_PPM",
+        default: "0",
+        help: "tax for a region without a tax_rates row",
+    },
+    Variable {
+        name: "PARKED_MAX_AGE_SECS",
+        default: "3600",
+        help: "parked events older than this are reported",
+    },
+    Variable {
+        name: "INSTANCE_ID",
+        default: "host-pid-random",
+        help: "this process's name among the instances",
+    },
+    Variable {
+        name: "RELAY_LEASE_SECS",
+        default: "10",
+        help: "the relay's lease on the outbox",
+    },
+    Variable {
+        name: "GROUP_REPAIR_AFTER_SECS",
+        default: "60",
+        help: "rejoin after partitions stay unowned this long; 0 = off",
+    },
+    Variable {
+        name: "SSE_HEARTBEAT_SECS",
+        default: "15",
+        help: "comment line on every live stream this often",
+    },
+    Variable {
+        name: "SSE_MAX_CONNECTIONS",
+        default: "10000",
+        help: "live streams per instance",
+    },
+    Variable {
+        name: "SSE_BUFFER_EVENTS",
+        default: "256",
+        help: "events queued per live stream",
+    },
+    Variable {
+        name: "FEED_RETENTION_SECS",
+        default: "604800",
+        help: "how long streams can resume from",
+    },
+    Variable {
+        name: "ANALYTICS_DEDUPE_RETENTION_SECS",
+        default: "691200",
+        help: "how long analytics remembers counted event ids",
+    },
+    Variable {
+        name: "ANALYTICS_BATCH_MAX_WAIT_MS",
+        default: "250",
+        help: "analytics batch gathering time",
+    },
+    Variable {
+        name: "ANALYTICS_BATCH_MAX_MESSAGES",
+        default: "5000",
+        help: "order events per analytics batch",
+    },
+    Variable {
+        name: "ANALYTICS_FETCH_WAIT_MS",
+        default: "100",
+        help: "fetch.wait.max.ms of the analytics consumer",
+    },
+    Variable {
+        name: "SHUTDOWN_TIMEOUT_SECS",
+        default: "30",
+        help: "a graceful stop taking longer exits anyway",
+    },
+    Variable {
+        name: "LOG_FORMAT",
+        default: "text",
+        help: "text or json",
+    },
+    Variable {
+        name: "RUST_LOG",
+        default: "info,rdkafka=warn,sqlx=warn",
+        help: "log filter",
+    },
+];
+
+/// [`VARIABLES`] as aligned text lines.
+pub fn variables_help() -> String {
+    let width = VARIABLES.iter().map(|v| v.name.len()).max().unwrap_or(0);
+    let mut text = String::from("Configuration (environment variables, default in brackets):\n");
+    for v in VARIABLES {
+        let default = if v.default.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", v.default)
+        };
+        text.push_str(&format!("  {:<width$}  {}{default}\n", v.name, v.help));
+    }
+    text
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("invalid {var}={value:?}: {reason}")]
 pub struct ConfigError {
@@ -531,6 +750,33 @@ pub fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_variables_list_matches_what_is_read_and_the_readme() {
+        let read = std::cell::RefCell::new(std::collections::BTreeSet::new());
+        Settings::from_lookup(|k| {
+            read.borrow_mut().insert(k.to_owned());
+            None
+        })
+        .unwrap();
+        let listed: std::collections::BTreeSet<String> = VARIABLES
+            .iter()
+            .map(|v| v.name.to_owned())
+            .filter(|n| n != "RUST_LOG")
+            .collect();
+        assert_eq!(listed, read.into_inner());
+        let readme = include_str!("../README.md");
+        for v in VARIABLES {
+            assert!(
+                readme.contains(&format!("`{}`", v.name)),
+                "{} is not in the README's configuration table",
+                v.name
+            );
+        }
+        let help = variables_help();
+        assert!(help.contains("SHUTDOWN_TIMEOUT_SECS") && help.contains("[30]"));
+    }
+
     use super::*;
     use std::collections::HashMap;
 

@@ -23,11 +23,13 @@
 //!   metrics.
 //! - [`app`]: wiring and graceful shutdown.
 //! - [`produce`]: sample traffic.
+//! - [`dlq`]: `dlq list` / `dlq replay`, dead letters read and sent back.
 //! - [`schemas`]: `schemas register` / `schemas check` against a registry.
 //!
 //! Layers, each importing only from those before it: `config`, `clock` and
 //! `domain` → `events` → `store` → `kafka`, `telemetry` → `workers`,
-//! `realtime` → `analytics` → `http`, `produce`, `schemas` → `app` → `main`.
+//! `realtime` → `analytics` → `http`, `produce` → `dlq`, `schemas` → `app` →
+//! `main`.
 //! The benchmark is a separate crate (`bench/`) and shares the "fresh world"
 //! kit (`testkit/`) with the tests.
 
@@ -35,6 +37,7 @@ pub mod analytics;
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod dlq;
 pub mod domain;
 pub mod events;
 pub mod http;

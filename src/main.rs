@@ -53,6 +53,11 @@ enum Command {
     },
     /// Send sample checkouts, or the JSON lines of a file, to a topic.
     Produce(ProduceArgs),
+    /// Read dead-letter topics, and send their messages back once the cause is fixed.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Analytics rollups.
     Analytics {
         #[command(subcommand)]
@@ -70,6 +75,62 @@ enum AnalyticsCommand {
         #[arg(long)]
         from: Option<chrono::NaiveDate>,
     },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Show the dead letters of a topic with their reasons, oldest first per partition.
+    List {
+        /// The dead-letter topic, e.g. checkouts.dlq.
+        topic: String,
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send the original key and payload of dead letters back to the topic
+    /// they came from (harmless to repeat: the inbox skips what was applied).
+    Replay {
+        /// The dead-letter topic, e.g. checkouts.dlq.
+        topic: String,
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Count what would be replayed; send nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct DlqFilter {
+    /// Only dead letters of this class.
+    #[arg(long, value_enum)]
+    class: Option<DlqClass>,
+    /// Only dead letters written since this time (RFC 3339) or age (30m, 2h, 7d).
+    #[arg(long, value_parser = orderflow::dlq::parse_since)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl DlqFilter {
+    fn into_filter(self) -> orderflow::dlq::Filter {
+        use orderflow::events::DeadLetterClass;
+        orderflow::dlq::Filter {
+            class: self.class.map(|c| match c {
+                DlqClass::Decode => DeadLetterClass::Decode,
+                DlqClass::Invalid => DeadLetterClass::Invalid,
+                DlqClass::Database => DeadLetterClass::Database,
+            }),
+            since: self.since,
+        }
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DlqClass {
+    Decode,
+    Invalid,
+    Database,
 }
 
 #[derive(clap::Args)]
@@ -104,16 +165,25 @@ enum SchemasCommand {
 
 #[derive(Subcommand)]
 enum TopicsCommand {
-    /// Create the topics defined in a directory that do not exist yet.
+    /// Create the topics orderflow needs that do not exist yet.
     Apply {
-        #[arg(long, default_value = "topics")]
-        dir: PathBuf,
+        /// Read the definitions from this directory's *.toml instead of the
+        /// built-in ones (topics/ at build time).
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let command = Cli::command().mut_subcommand("run", |run| {
+        run.after_long_help(orderflow::config::variables_help())
+    });
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let settings = match Settings::from_env() {
         Ok(s) => s,
         Err(e) => {
@@ -139,7 +209,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Topics {
             command: TopicsCommand::Apply { dir },
-        } => apply_topics(&settings, &dir).await?,
+        } => apply_topics(&settings, dir.as_deref()).await?,
         Command::Schemas {
             command: SchemasCommand::Register,
         } => {
@@ -156,6 +226,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<()> {
         ),
         Command::Produce(args) => produce(&settings, args).await?,
         Command::Run { only, migrate } => run(settings, only, migrate).await?,
+        Command::Dlq { command } => dlq(&settings, command).await?,
         Command::Analytics {
             command: AnalyticsCommand::Rebuild { from },
         } => {
@@ -177,8 +248,69 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn apply_topics(settings: &Settings, dir: &std::path::Path) -> anyhow::Result<()> {
-    let specs = topics::load_specs(dir)?;
+async fn dlq(settings: &Settings, command: DlqCommand) -> anyhow::Result<()> {
+    use orderflow::dlq;
+    // An input topic's name is taken to mean its dead-letter topic.
+    let topic_of = |topic: String| {
+        let inputs = [
+            &settings.topics.checkouts,
+            &settings.topics.payment_confirmations,
+            &settings.topics.cancellations,
+        ];
+        if inputs.contains(&&topic) {
+            let letters = orderflow::config::Topics::dlq(&topic);
+            eprintln!("{topic} is an input topic; reading {letters}");
+            letters
+        } else {
+            topic
+        }
+    };
+    match command {
+        DlqCommand::List {
+            topic,
+            filter,
+            json,
+        } => {
+            let topic = topic_of(topic);
+            let mut shown = 0u64;
+            dlq::read(settings, &topic, &filter.into_filter(), |letter| {
+                shown += 1;
+                if json {
+                    println!("{}", letter.json());
+                } else {
+                    println!("{}", letter.line());
+                }
+                Ok(())
+            })
+            .await?;
+            eprintln!("{shown} dead letter(s) in {topic}");
+        }
+        DlqCommand::Replay {
+            topic,
+            filter,
+            dry_run,
+        } => {
+            let topic = topic_of(topic);
+            let done = dlq::replay(settings, &topic, &filter.into_filter(), dry_run, |so_far| {
+                eprintln!("replayed {} ...", so_far.sent)
+            })
+            .await?;
+            let verb = if dry_run { "would replay" } else { "replayed" };
+            println!(
+                "{verb} {} dead letter(s) from {topic} to their source topics; \
+                 skipped {} with a cut payload and {} from other topics",
+                done.sent, done.truncated, done.foreign
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn apply_topics(settings: &Settings, dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let specs = match dir {
+        Some(dir) => topics::load_specs(dir)?,
+        None => topics::embedded_specs()?,
+    };
     for (name, applied) in topics::apply(settings, &specs).await? {
         let what = match applied {
             topics::Applied::Created => "created",

@@ -107,7 +107,7 @@ pub fn producer(settings: &Settings) -> anyhow::Result<FutureProducer> {
 /// 0.6 skips the rest of a batch for a consumer that starts inside it
 /// (docs/tansu.md), and sample traffic is light. `KAFKA_PRODUCER_CONFIG`
 /// still overrides it.
-fn input_producer(settings: &Settings) -> anyhow::Result<FutureProducer> {
+pub(crate) fn input_producer(settings: &Settings) -> anyhow::Result<FutureProducer> {
     let mut config = crate::kafka::producer_config(settings);
     if !settings
         .kafka_producer_extra

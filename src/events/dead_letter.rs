@@ -25,6 +25,17 @@ pub enum DeadLetterClass {
 }
 
 impl DeadLetterClass {
+    pub const ALL: [DeadLetterClass; 3] = [
+        DeadLetterClass::Decode,
+        DeadLetterClass::Invalid,
+        DeadLetterClass::Database,
+    ];
+
+    /// The class an `error_class` header names.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             DeadLetterClass::Decode => "decode",

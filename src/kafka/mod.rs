@@ -72,6 +72,20 @@ pub fn observer_config(settings: &Settings, group_id: &str) -> ClientConfig {
     config
 }
 
+/// A reader that assigns partitions itself and never commits (`orderflow
+/// dlq`): reading moves no group's position.
+pub fn reader_config(settings: &Settings) -> ClientConfig {
+    let mut config = client(settings);
+    config
+        .set("group.id", "orderflow-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "10");
+    apply_extra(&mut config, settings, &settings.kafka_consumer_extra);
+    config
+}
+
 /// Idempotent producer: retries cannot duplicate or reorder records within a
 /// partition. `murmur2_random` puts a key where Java producers put it.
 pub fn producer_config(settings: &Settings) -> ClientConfig {

@@ -1,4 +1,5 @@
-//! Topic definitions (`topics/*.toml`) and `orderflow topics apply`.
+//! Topic definitions (`topics/*.toml`, built into the binary) and
+//! `orderflow topics apply`.
 //!
 //! A definition names a *role* (`checkouts`, `checkouts.dlq`, ...); the actual
 //! topic name comes from the settings, so renamed topics keep their specs.
@@ -26,6 +27,60 @@ pub struct TopicSpec {
     pub config: BTreeMap<String, String>,
 }
 
+/// The definitions of `topics/`, built into the binary: `topics apply`
+/// needs no files next to it (`--dir` reads others instead).
+const EMBEDDED: &[(&str, &str)] = &[
+    (
+        "cancellations.dlq.toml",
+        include_str!("../../topics/cancellations.dlq.toml"),
+    ),
+    (
+        "cancellations.toml",
+        include_str!("../../topics/cancellations.toml"),
+    ),
+    (
+        "checkouts.dlq.toml",
+        include_str!("../../topics/checkouts.dlq.toml"),
+    ),
+    (
+        "checkouts.toml",
+        include_str!("../../topics/checkouts.toml"),
+    ),
+    (
+        "order-events.analytics.dlq.toml",
+        include_str!("../../topics/order-events.analytics.dlq.toml"),
+    ),
+    (
+        "order-events.toml",
+        include_str!("../../topics/order-events.toml"),
+    ),
+    (
+        "payment-confirmations.dlq.toml",
+        include_str!("../../topics/payment-confirmations.dlq.toml"),
+    ),
+    (
+        "payment-confirmations.toml",
+        include_str!("../../topics/payment-confirmations.toml"),
+    ),
+];
+
+/// The built-in definitions (`topics/*.toml` at build time).
+pub fn embedded_specs() -> anyhow::Result<Vec<TopicSpec>> {
+    EMBEDDED
+        .iter()
+        .map(|(name, text)| parse_spec(name, text))
+        .collect()
+}
+
+fn parse_spec(name: &str, text: &str) -> anyhow::Result<TopicSpec> {
+    let spec: TopicSpec =
+        toml::from_str(text).with_context(|| format!("failed to parse {name}"))?;
+    if spec.partitions < 1 {
+        bail!("{name}: partitions must be at least 1");
+    }
+    Ok(spec)
+}
+
 /// Reads every `*.toml` in `dir`, sorted by file name.
 pub fn load_specs(dir: &Path) -> anyhow::Result<Vec<TopicSpec>> {
     let mut paths: Vec<_> = std::fs::read_dir(dir)
@@ -40,12 +95,7 @@ pub fn load_specs(dir: &Path) -> anyhow::Result<Vec<TopicSpec>> {
         .map(|p| {
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("failed to read {}", p.display()))?;
-            let spec: TopicSpec = toml::from_str(&text)
-                .with_context(|| format!("failed to parse {}", p.display()))?;
-            if spec.partitions < 1 {
-                bail!("{}: partitions must be at least 1", p.display());
-            }
-            Ok(spec)
+            parse_spec(&p.display().to_string(), &text)
         })
         .collect()
 }
@@ -136,4 +186,24 @@ async fn existing_topics(settings: &Settings) -> anyhow::Result<std::collections
     })
     .await
     .context("listing topics panicked")?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_definitions_are_the_files_of_topics() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("topics");
+        let on_disk = load_specs(&dir).unwrap();
+        let built_in = embedded_specs().unwrap();
+        let roles = |specs: &[TopicSpec]| -> Vec<(String, i32)> {
+            specs
+                .iter()
+                .map(|s| (s.role.clone(), s.partitions))
+                .collect()
+        };
+        // A file added to topics/ must be added to EMBEDDED too.
+        assert_eq!(roles(&built_in), roles(&on_disk));
+    }
 }

@@ -15,6 +15,8 @@
 //! commit redelivers the batch and step 2 makes the redelivery a no-op.
 
 use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -218,7 +220,6 @@ impl<H: Handler> Applier<H> {
                 _ => None,
             };
             if let Some((class, reason)) = letter {
-                tracing::debug!(topic = %self.topic, partition = msg.partition, offset = msg.offset, %reason, "dead-lettering a message");
                 changes
                     .outbox
                     .push(self.dead_letter_record(msg, class, &reason));
@@ -280,7 +281,8 @@ pub fn check_key(msg: &RawMessage, order_id: &str) -> Result<(), DecodeError> {
     }
 }
 
-/// The dead letter of `msg`, read from `topic`, for `dlq_topic`.
+/// The dead letter of `msg`, read from `topic`, for `dlq_topic`; logged
+/// as a warning with its reason (rate-limited: [`DeadLetterLog`]).
 pub fn dead_letter_of(
     topic: &str,
     dlq_topic: &str,
@@ -288,6 +290,18 @@ pub fn dead_letter_of(
     class: DeadLetterClass,
     reason: &str,
 ) -> NewRecord {
+    if let Some(suppressed) = DEAD_LETTER_LOG.admit(Instant::now()) {
+        tracing::warn!(
+            topic,
+            partition = msg.partition,
+            offset = msg.offset,
+            class = class.as_str(),
+            dlq = dlq_topic,
+            not_logged_before = suppressed,
+            %reason,
+            "dead-lettering a message"
+        );
+    }
     NewRecord::dead_letter(
         dlq_topic,
         &DeadLetter {
@@ -300,6 +314,57 @@ pub fn dead_letter_of(
             payload: msg.payload.as_deref(),
         },
     )
+}
+
+static DEAD_LETTER_LOG: DeadLetterLog = DeadLetterLog::new();
+
+/// At most [`DeadLetterLog::BURST`] dead-letter warnings per
+/// [`DeadLetterLog::WINDOW`], so a flood of bad input cannot flood the log;
+/// the first line after a quiet spell says how many were not logged
+/// (`orderflow dlq list` shows them all).
+pub struct DeadLetterLog(Mutex<LogWindow>);
+
+struct LogWindow {
+    started: Option<Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl DeadLetterLog {
+    const BURST: u32 = 20;
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    pub const fn new() -> Self {
+        DeadLetterLog(Mutex::new(LogWindow {
+            started: None,
+            logged: 0,
+            suppressed: 0,
+        }))
+    }
+
+    /// `Some(suppressed since the last line)` when a line may be logged now.
+    pub fn admit(&self, now: Instant) -> Option<u64> {
+        let mut w = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if w.started
+            .is_none_or(|at| now.duration_since(at) >= Self::WINDOW)
+        {
+            w.started = Some(now);
+            w.logged = 0;
+        }
+        if w.logged < Self::BURST {
+            w.logged += 1;
+            Some(std::mem::take(&mut w.suppressed))
+        } else {
+            w.suppressed += 1;
+            None
+        }
+    }
+}
+
+impl Default for DeadLetterLog {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Dead-letters `msg`, read from `topic`, onto `dlq_topic` in the caller's
@@ -327,4 +392,21 @@ pub fn is_transient(err: &anyhow::Error) -> bool {
             || e.downcast_ref::<DecodeError>()
                 .is_some_and(DecodeError::is_transient)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letter_warnings_are_rate_limited_and_count_what_was_not_logged() {
+        let log = DeadLetterLog::new();
+        let t0 = Instant::now();
+        let admitted = (0..25).filter(|_| log.admit(t0).is_some()).count();
+        assert_eq!(admitted, DeadLetterLog::BURST as usize);
+        assert_eq!(log.admit(t0 + Duration::from_secs(1)), None);
+        // A new window: the first line says six were not logged.
+        assert_eq!(log.admit(t0 + DeadLetterLog::WINDOW), Some(6));
+        assert_eq!(log.admit(t0 + DeadLetterLog::WINDOW), Some(0));
+    }
 }
