@@ -30,7 +30,7 @@ if [ -x "$TARGET/debug/orderflow" ]; then
 else
   say "building orderflow for the first time (debug profile, shared with ./scripts/test.sh): about 5-10 minutes on 2 cores"
 fi
-cargo build --locked -p orderflow
+cargo build --locked  # the whole workspace: the same features as the tests, so they share it
 BIN="$TARGET/debug/orderflow"
 export HTTP_ADDR="${HTTP_ADDR:-127.0.0.1:8080}"
 

@@ -30,6 +30,6 @@ cargo test --locked "$@"
 # Each starts a broker of its own. Skipped when a test filter was given.
 if [ "$#" -eq 0 ]; then
   say "running the CI subset of the fault scenarios"
-  cargo build --locked -p orderflow -p orderflow-faults
+  cargo build --locked  # the whole workspace, as run.sh builds it (same features: nothing rebuilt)
   "$TARGET/debug/orderflow-faults" --quick --events "${FAULTS_EVENTS:-3000}" $FAULTS_CI
 fi
