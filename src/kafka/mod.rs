@@ -73,16 +73,11 @@ pub fn observer_config(settings: &Settings, group_id: &str) -> ClientConfig {
 }
 
 /// A reader that assigns partitions itself and never commits (`orderflow
-/// dlq`): reading moves no group's position.
+/// dlq`): an observer that fetches, so reading moves no group's position.
+/// Short fetch waits: Tansu holds every fetch this long (docs/tansu.md).
 pub fn reader_config(settings: &Settings) -> ClientConfig {
-    let mut config = client(settings);
-    config
-        .set("group.id", "orderflow-reader")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", "10");
-    apply_extra(&mut config, settings, &settings.kafka_consumer_extra);
+    let mut config = observer_config(settings, "orderflow-reader");
+    config.set("fetch.wait.max.ms", "10");
     config
 }
 
@@ -105,5 +100,34 @@ pub fn producer_config(settings: &Settings) -> ClientConfig {
 fn apply_extra(config: &mut ClientConfig, settings: &Settings, role: &[(String, String)]) {
     for (key, value) in settings.kafka_extra.iter().chain(role) {
         config.set(key, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::config::ClientConfig;
+
+    /// librdkafka is built with what managed clusters need: TLS (SSL,
+    /// SASL_SSL with SCRAM) and zstd. Without them a client configured for
+    /// them fails at creation ("not available at build time").
+    #[test]
+    fn the_kafka_client_is_built_with_ssl_scram_and_zstd() {
+        let native = ClientConfig::new().create_native_config().unwrap();
+        let features = native.get("builtin.features").unwrap();
+        for feature in ["ssl", "sasl_scram", "zstd"] {
+            assert!(
+                features.split(',').any(|f| f == feature),
+                "{feature} missing from {features}"
+            );
+        }
+        let producer: Result<rdkafka::producer::BaseProducer, _> = ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("security.protocol", "sasl_ssl")
+            .set("sasl.mechanism", "SCRAM-SHA-512")
+            .set("sasl.username", "u")
+            .set("sasl.password", "p")
+            .set("compression.type", "zstd")
+            .create();
+        assert!(producer.is_ok(), "{:?}", producer.err());
     }
 }

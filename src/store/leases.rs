@@ -15,8 +15,10 @@ pub struct Lease {
     pub epoch: i64,
 }
 
-/// Takes the lease of `shard` for `owner` if it is free or has expired
-/// (raising its epoch); `None` while someone else holds it.
+/// Takes the lease of `shard` for `owner` if it is free, has expired, or is
+/// `owner`'s own (a relay retrying after a failed round takes it back at
+/// once, under a new epoch, instead of waiting its own lease out); `None`
+/// while someone else holds it.
 pub async fn try_take(
     conn: &mut PgConnection,
     shard: i32,
@@ -29,6 +31,7 @@ pub async fn try_take(
          ON CONFLICT (shard) DO UPDATE
              SET owner = EXCLUDED.owner, epoch = relay_leases.epoch + 1, expires_at = EXCLUDED.expires_at
              WHERE relay_leases.expires_at < clock_timestamp()
+                OR relay_leases.owner = EXCLUDED.owner
          RETURNING epoch",
     )
     .bind(shard)

@@ -2,7 +2,7 @@
 
 use orderflow::store::inbox::Outcome;
 
-use crate::helpers::{checkout, TestEnv};
+use crate::helpers::{checkout, TestEnv, WAIT};
 
 #[tokio::test]
 async fn unknown_orders_and_bad_parameters_get_json_errors() {
@@ -151,11 +151,30 @@ async fn health_readiness_and_metrics_report_the_running_service() {
 }
 
 #[tokio::test]
-async fn a_worker_that_cannot_reach_kafka_is_not_ready() {
+async fn a_worker_that_cannot_reach_kafka_is_not_ready_and_keeps_its_outbox_backlog() {
     let env = TestEnv::new().await;
     // The database is fine; nothing listens where the brokers should be.
     let mut settings = env.settings.clone();
     settings.kafka_brokers = "127.0.0.1:1".to_owned();
+    // The relay's deliveries fail after 2 s instead of 30.
+    settings
+        .kafka_producer_extra
+        .push(("message.timeout.ms".into(), "2000".into()));
+    // One row waiting in the outbox, as a checkout's commit would leave it.
+    let mut conn = env.pool.acquire().await.unwrap();
+    orderflow::store::outbox::enqueue_many(
+        &mut conn,
+        &[orderflow::store::outbox::NewRecord {
+            kind: orderflow::store::outbox::RecordKind::Raw,
+            topic: env.settings.topics.order_events.clone(),
+            key: Some(b"k".to_vec()),
+            payload: b"{}".to_vec(),
+            headers: Vec::new(),
+        }],
+    )
+    .await
+    .unwrap();
+    drop(conn);
     let unreachable = TestEnv::with_settings(settings).await;
     let app = unreachable.start().await;
     // Long enough for several statistics intervals (500 ms in tests).
@@ -170,5 +189,33 @@ async fn a_worker_that_cannot_reach_kafka_is_not_ready() {
         env.settings.topics.checkouts
     );
     assert!(text.contains(&line), "missing {line} in\n{text}");
+
+    // The relay fails its rounds, and the backlog it counted stays (it was
+    // reset to 0 after each failure, which kept OrderflowOutboxStalled
+    // silent through a broker outage); the row's age keeps growing.
+    let gauge = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(-1.0)
+    };
+    let started = std::time::Instant::now();
+    let text = loop {
+        let text = app.metrics().await;
+        if gauge(&text, "orderflow_outbox_publish_failures_total") >= 1.0 {
+            break text;
+        }
+        assert!(started.elapsed() < WAIT, "the relay never failed:\n{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(gauge(&text, "orderflow_outbox_backlog"), 1.0, "{text}");
+    let age = gauge(&text, "orderflow_outbox_oldest_unpublished_age_seconds");
+    assert!(age >= 2.0, "age {age}");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let later = gauge(
+        &app.metrics().await,
+        "orderflow_outbox_oldest_unpublished_age_seconds",
+    );
+    assert!(later > age, "{age} -> {later}");
     app.stop().await;
 }

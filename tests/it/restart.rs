@@ -235,3 +235,33 @@ async fn a_failed_component_makes_the_process_exit_non_zero() {
         .unwrap();
     assert_eq!(status.code(), Some(1), "{status:?}");
 }
+
+/// The relay lease: one holder at a time; a holder takes its own lease back
+/// at once under a new epoch (a relay retrying after a failed round); others
+/// get it only once it expired; a superseded epoch can renew nothing.
+#[tokio::test]
+async fn the_relay_lease_has_one_holder_and_fences_old_epochs() {
+    use orderflow::store::leases::{renew, try_take};
+    let env = TestEnv::new().await;
+    let mut conn = env.pool.acquire().await.unwrap();
+    let ttl = Duration::from_secs(2);
+    let first = try_take(&mut conn, 7, "a", ttl)
+        .await
+        .unwrap()
+        .expect("free");
+    assert!(try_take(&mut conn, 7, "b", ttl).await.unwrap().is_none());
+    let again = try_take(&mut conn, 7, "a", ttl)
+        .await
+        .unwrap()
+        .expect("own");
+    assert!(again.epoch > first.epoch);
+    assert!(!renew(&mut conn, &first, ttl).await.unwrap(), "old epoch");
+    assert!(renew(&mut conn, &again, ttl).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    let taken = try_take(&mut conn, 7, "b", ttl)
+        .await
+        .unwrap()
+        .expect("expired");
+    assert!(taken.epoch > again.epoch);
+    assert!(!renew(&mut conn, &again, ttl).await.unwrap(), "passed on");
+}
