@@ -94,6 +94,19 @@ impl Running {
 pub async fn start(settings: Settings, components: &[Component]) -> anyhow::Result<Running> {
     let pool = crate::store::pool(&settings.database_url, settings.database_max_connections)?;
     let metrics = Arc::new(Metrics::new());
+    if let (Some(keep), Some(topics)) = (
+        settings.dedupe_retention,
+        crate::kafka::topics::input_retention(),
+    ) {
+        if keep <= topics {
+            tracing::warn!(
+                dedupe_retention_secs = keep.as_secs(),
+                topic_retention_secs = topics.as_secs(),
+                "DEDUPE_RETENTION does not exceed the input topics' retention: \
+                 a redelivery of an event the inbox has forgotten would be applied again"
+            );
+        }
+    }
     let codec = match &settings.schema_registry_url {
         Some(url) => Codec::with_registry(settings.max_message_bytes, url)?,
         None => Codec::new(settings.max_message_bytes),

@@ -132,6 +132,11 @@ pub const VARIABLES: &[Variable] = &[
         help: "published outbox rows are deleted after this",
     },
     Variable {
+        name: "DEDUPE_RETENTION",
+        default: "8d",
+        help: "how long the inbox remembers applied events (keep above the input topics' retention); off = for ever",
+    },
+    Variable {
         name: "DEFAULT_TAX_RATE_PPM",
         default: "0",
         help: "tax for a region without a tax_rates row",
@@ -328,6 +333,9 @@ pub struct Settings {
     pub outbox_poll_interval: Duration,
     pub outbox_batch_size: i64,
     pub outbox_retention: Duration,
+    /// How long the inbox remembers an applied event (`DEDUPE_RETENTION`);
+    /// `None`: for ever.
+    pub dedupe_retention: Option<Duration>,
     pub default_tax_rate_ppm: u32,
     pub statistics_interval: Duration,
     pub log_format: LogFormat,
@@ -425,6 +433,7 @@ impl std::fmt::Debug for Settings {
             .field("outbox_poll_interval", &self.outbox_poll_interval)
             .field("outbox_batch_size", &self.outbox_batch_size)
             .field("outbox_retention", &self.outbox_retention)
+            .field("dedupe_retention", &self.dedupe_retention)
             .field("default_tax_rate_ppm", &self.default_tax_rate_ppm)
             .field("statistics_interval", &self.statistics_interval)
             .field("log_format", &self.log_format)
@@ -528,6 +537,7 @@ impl Settings {
             )?),
             outbox_batch_size: parse(&lookup, "OUTBOX_BATCH_SIZE", 1000)?,
             outbox_retention: Duration::from_secs(parse(&lookup, "OUTBOX_RETENTION_SECS", 86_400)?),
+            dedupe_retention: parse_retention("DEDUPE_RETENTION", &get("DEDUPE_RETENTION", "8d"))?,
             default_tax_rate_ppm: parse(&lookup, "DEFAULT_TAX_RATE_PPM", 0)?,
             statistics_interval: Duration::from_millis(parse(
                 &lookup,
@@ -683,6 +693,38 @@ where
     }
 }
 
+/// A retention: `off` (keep for ever), or a number of seconds with an
+/// optional unit, `s`, `m`, `h` or `d` (`8d`, `192h`, `691200`).
+fn parse_retention(var: &'static str, text: &str) -> Result<Option<Duration>, ConfigError> {
+    let bad = |reason: &str| ConfigError {
+        var,
+        value: text.to_owned(),
+        reason: reason.into(),
+    };
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| bad("expected off, or a number with an optional unit: 8d, 192h, 691200"))?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3_600),
+        "d" => n.saturating_mul(86_400),
+        _ => return Err(bad("unknown unit: use s, m, h or d")),
+    };
+    if seconds == 0 {
+        return Err(bad("must be more than 0 (off keeps the inbox for ever)"));
+    }
+    Ok(Some(Duration::from_secs(seconds)))
+}
+
 /// `k=v` pairs separated by `;` when the list holds one (then values may
 /// hold commas), otherwise by `,`, where a piece without `=` continues the
 /// previous value: `debug=cgrp,fetch` is one pair, as is
@@ -750,6 +792,18 @@ pub fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn dedupe_retention_takes_units_and_off_and_refuses_zero() {
+        let r = |t: &str| parse_retention("DEDUPE_RETENTION", t);
+        assert_eq!(r("8d").unwrap(), Some(Duration::from_secs(691_200)));
+        assert_eq!(r("192h").unwrap(), Some(Duration::from_secs(691_200)));
+        assert_eq!(r("691200").unwrap(), Some(Duration::from_secs(691_200)));
+        assert_eq!(r("90m").unwrap(), Some(Duration::from_secs(5_400)));
+        assert_eq!(r("off").unwrap(), None);
+        assert!(r("0").is_err() && r("0d").is_err());
+        assert!(r("8w").is_err() && r("").is_err() && r("d").is_err());
+    }
 
     #[test]
     fn the_variables_list_matches_what_is_read_and_the_readme() {

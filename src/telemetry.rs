@@ -174,6 +174,7 @@ struct OutboxMetrics {
     outbox_publish_latency: Histogram,
     outbox_publish_failures: IntCounter,
     outbox_purged: IntCounter,
+    inbox_purged: IntCounter,
 }
 
 impl OutboxMetrics {
@@ -207,6 +208,10 @@ impl OutboxMetrics {
             outbox_purged: r.counter(
                 "outbox_purged_total",
                 "Published outbox rows deleted after retention",
+            ),
+            inbox_purged: r.counter(
+                "inbox_purged_total",
+                "Inbox rows (applied event ids) deleted after DEDUPE_RETENTION",
             ),
         }
     }
@@ -723,6 +728,13 @@ impl Metrics {
         self.outbox.outbox_purged.inc_by(rows);
         if rows > 0 {
             tracing::debug!(rows, "purged published outbox rows");
+        }
+    }
+
+    pub fn inbox_purged(&self, rows: u64) {
+        self.outbox.inbox_purged.inc_by(rows);
+        if rows > 0 {
+            tracing::debug!(rows, "purged inbox rows past DEDUPE_RETENTION");
         }
     }
 

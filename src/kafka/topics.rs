@@ -72,6 +72,20 @@ pub fn embedded_specs() -> anyhow::Result<Vec<TopicSpec>> {
         .collect()
 }
 
+/// The longest `retention.ms` of the built-in input topics' definitions
+/// (what `DEDUPE_RETENTION` must exceed).
+pub fn input_retention() -> Option<Duration> {
+    embedded_specs()
+        .ok()?
+        .iter()
+        .filter(|s| {
+            ["checkouts", "payment-confirmations", "cancellations"].contains(&s.role.as_str())
+        })
+        .filter_map(|s| s.config.get("retention.ms")?.parse::<u64>().ok())
+        .max()
+        .map(Duration::from_millis)
+}
+
 fn parse_spec(name: &str, text: &str) -> anyhow::Result<TopicSpec> {
     let spec: TopicSpec =
         toml::from_str(text).with_context(|| format!("failed to parse {name}"))?;
@@ -191,6 +205,14 @@ async fn existing_topics(settings: &Settings) -> anyhow::Result<std::collections
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_dedupe_retention_exceeds_the_input_topics_retention() {
+        let topics = input_retention().expect("input topics set retention.ms");
+        assert_eq!(topics, Duration::from_secs(7 * 86_400));
+        let settings = crate::config::Settings::from_lookup(|_| None).unwrap();
+        assert!(settings.dedupe_retention.expect("on by default") > topics);
+    }
 
     #[test]
     fn the_built_in_definitions_are_the_files_of_topics() {

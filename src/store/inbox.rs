@@ -10,8 +10,9 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
 use crate::domain::{EventId, OrderId};
 
@@ -126,6 +127,25 @@ pub async fn record(conn: &mut PgConnection, rows: &[InboxRow]) -> sqlx::Result<
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Forgets events recorded before `retention` ago, at most `limit` at a
+/// time: found through the BRIN index on `processed_at`, deleted by their
+/// tuple ids (a join on the key hashed the whole table: 425 ms for 10,000
+/// of 2,000,000 rows, against 7 ms). A redelivery of a forgotten event gets
+/// past the inbox, so the retention must exceed the input topics'
+/// (`DEDUPE_RETENTION`).
+pub async fn purge(pool: &PgPool, retention: Duration, limit: i64) -> sqlx::Result<u64> {
+    let cutoff = super::older_than(retention);
+    Ok(sqlx::query(
+        "DELETE FROM processed_events WHERE ctid = ANY (ARRAY(
+             SELECT ctid FROM processed_events WHERE processed_at < $1 LIMIT $2))",
+    )
+    .bind(cutoff)
+    .bind(limit)
+    .execute(pool)
+    .await?
+    .rows_affected())
 }
 
 /// Rewrites the outcome of events recorded earlier (parked events, once

@@ -1,5 +1,7 @@
 //! The outbox relay: publishes committed outbox rows to Kafka, in id order,
-//! then marks them sent; purges sent rows after `OUTBOX_RETENTION_SECS`.
+//! then marks them sent; purges sent rows after `OUTBOX_RETENTION_SECS`, and
+//! (one writer per database being a good place for it) the order feed past
+//! `FEED_RETENTION_SECS` and the inbox past `DEDUPE_RETENTION`.
 //!
 //! Exactly one relay publishes per database at a time, the holder of a lease
 //! (`store::leases`, `RELAY_LEASE_SECS`); the other instances stand by and
@@ -183,6 +185,9 @@ impl Relay {
                 if purged > 0 {
                     debug!(rows = purged, "purged old order feed rows");
                 }
+                if let Some(retention) = self.settings.dedupe_retention {
+                    self.purge_inbox(retention).await?;
+                }
                 last_purge = Instant::now();
             }
             let rows = outbox::pending(conn, self.settings.outbox_batch_size)
@@ -213,6 +218,22 @@ impl Relay {
                     epoch = lease.epoch,
                     "the relay lease passed on while publishing; standing by"
                 );
+                return Ok(());
+            }
+        }
+    }
+
+    /// Deletes inbox rows past `retention` in batches, for at most a few
+    /// seconds per pass (the next pass, a minute later, goes on).
+    async fn purge_inbox(&self, retention: Duration) -> anyhow::Result<()> {
+        const BATCH: i64 = 10_000;
+        let started = Instant::now();
+        loop {
+            let purged = crate::store::inbox::purge(&self.pool, retention, BATCH)
+                .await
+                .context("failed to purge the inbox")?;
+            self.metrics.inbox_purged(purged);
+            if purged < BATCH as u64 || started.elapsed() > Duration::from_secs(5) {
                 return Ok(());
             }
         }

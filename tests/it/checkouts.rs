@@ -420,3 +420,49 @@ async fn produce_sends_every_sample_and_refuses_a_missing_topic_at_once() {
         "{stderr}"
     );
 }
+
+/// The inbox forgets events past `DEDUPE_RETENTION`, in batches, and keeps
+/// the rest; a checkout redelivered after its inbox row is gone still
+/// changes nothing (its order id is taken).
+#[tokio::test]
+async fn the_inbox_forgets_events_past_the_retention_and_nothing_is_applied_twice() {
+    use orderflow::store::inbox;
+    let env = TestEnv::new().await;
+    let app = env.start().await;
+    let topic = env.settings.topics.checkouts.clone();
+    let old = checkout("inbox-old-1", 1, 1);
+    for (i, c) in [
+        &old,
+        &checkout("inbox-old-2", 2, 1),
+        &checkout("inbox-new", 3, 1),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        env.produce_checkout(c).await;
+        app.wait_handled(&topic, Outcome::Applied, i as u64 + 1)
+            .await;
+    }
+    sqlx::query(
+        "UPDATE processed_events SET processed_at = now() - interval '9 days'
+         WHERE order_id LIKE 'inbox-old-%'",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let eight_days = Duration::from_secs(8 * 86_400);
+    assert_eq!(inbox::purge(&env.pool, eight_days, 1).await.unwrap(), 1);
+    assert_eq!(inbox::purge(&env.pool, eight_days, 10).await.unwrap(), 1);
+    assert_eq!(inbox::purge(&env.pool, eight_days, 10).await.unwrap(), 0);
+    assert_eq!(
+        env.count("SELECT count(*) FROM processed_events").await,
+        1,
+        "the recent one stays"
+    );
+    // A very late redelivery of a forgotten checkout: a duplicate by its
+    // order id, not a second order.
+    env.produce_checkout(&old).await;
+    app.wait_handled(&topic, Outcome::Duplicate, 1).await;
+    assert_eq!(env.count("SELECT count(*) FROM orders").await, 3);
+    app.stop().await;
+}
