@@ -20,8 +20,7 @@ const LOCK: (i32, i32) = (0x616e_616c, 1);
 /// further back than chrono's range allows binding).
 const EARLIEST: NaiveDate = NaiveDate::from_ymd_opt(1, 1, 1).expect("a valid date");
 
-/// The part of rows a rebuild writes.
-pub const REBUILT_PART: i32 = -1;
+pub use super::claims::REBUILT_PART;
 
 /// One rollup row's counters (or a sum of them).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]

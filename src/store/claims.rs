@@ -8,7 +8,9 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::analytics::REBUILT_PART;
+/// The part of rows (rollups and claims) a rebuild writes; a loop's batch
+/// writes its partition's.
+pub const REBUILT_PART: i32 = -1;
 
 /// Per-partition advisory locks (class, partition) between batches of the
 /// same partition (two instances overlap during a rebalance): a batch's
