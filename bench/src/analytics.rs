@@ -246,7 +246,7 @@ impl Bench {
     /// From one read of the worker's metrics: the outbox backlog, and the
     /// `order-events` records its relay published and its analytics loop
     /// handled so far.
-    async fn order_events_progress(&self) -> anyhow::Result<Progress> {
+    pub(crate) async fn order_events_progress(&self) -> anyhow::Result<Progress> {
         let page = self.worker()?.metrics_page().await?;
         let topic = [("topic", self.settings().topics.order_events.as_str())];
         Ok(Progress {
@@ -260,7 +260,11 @@ impl Bench {
     /// handled every record published since the burst began; returns how
     /// long that took after the inputs were committed. Reads the worker's
     /// metrics, not the tables (counting those would load PostgreSQL).
-    async fn wait_burst_done(&self, with_loop: bool, before: Progress) -> anyhow::Result<f64> {
+    pub(crate) async fn wait_burst_done(
+        &self,
+        with_loop: bool,
+        before: Progress,
+    ) -> anyhow::Result<f64> {
         let started = Instant::now();
         loop {
             let now = self.order_events_progress().await?;
@@ -335,7 +339,7 @@ const PRELOAD: [&str; 3] = [
 
 /// Where the worker's outbox and analytics loop stand, from its metrics.
 #[derive(Debug, Clone, Copy)]
-struct Progress {
+pub(crate) struct Progress {
     backlog: f64,
     published: f64,
     counted: f64,

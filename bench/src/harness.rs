@@ -89,6 +89,9 @@ impl Bench {
         self.latency(o, &mut report).await?;
         peak = peak.max(self.rss_mb().0);
         self.http(o, &mut report).await?;
+        if o.cost_events > 0 {
+            report.cost = self.cost(o.cost_events).await?;
+        }
         let (now, hwm) = self.rss_mb();
         report.worker_rss_end_mb = now;
         report.worker_peak_rss_mb = peak.max(hwm);

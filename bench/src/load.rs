@@ -77,7 +77,7 @@ pub(crate) fn payment_for(ev: &CheckoutEvent, tables: &PricingTables) -> Payment
     }
 }
 
-fn cancel_for(ev: &CheckoutEvent) -> Cancellation {
+pub(crate) fn cancel_for(ev: &CheckoutEvent) -> Cancellation {
     Cancellation {
         event_id: new_event_id(),
         order_id: ev.order_id.clone(),

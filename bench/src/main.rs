@@ -9,6 +9,7 @@
 
 mod analytics;
 mod baselines;
+mod cost;
 mod cpu;
 mod harness;
 mod http_load;
@@ -72,6 +73,10 @@ pub struct Options {
     /// this) when the analytics routes and the rebuild are measured.
     #[arg(long, default_value_t = 1_000_000)]
     pub analytics_orders: u64,
+    /// Events of each kind (checkouts, payments, cancellations) in the cost
+    /// phase: rows, WAL and CPU per 1,000 events of each kind (0 skips it).
+    #[arg(long, default_value_t = 5_000)]
+    pub cost_events: u64,
     /// Print the result as JSON as well.
     #[arg(long)]
     pub json: bool,

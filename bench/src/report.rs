@@ -69,6 +69,8 @@ pub struct Report {
     pub analytics_events_per_s: f64,
     pub analytics_orders: i64,
     pub analytics_rebuild_s: f64,
+    /// Rows, WAL and CPU per 1,000 events of each kind.
+    pub cost: Vec<crate::cost::EventCost>,
 }
 
 /// One route under closed-loop load: `connections` clients, each sending its
@@ -107,6 +109,22 @@ impl Report {
             rows.extend(self.stream_rows());
         }
         rows.extend(self.analytics_rows());
+        rows.extend(self.cost.iter().map(|c| {
+            (
+                format!("cost per 1,000 events: {}", c.kind),
+                format!(
+                    "rows +{:.0} ~{:.0} -{:.0}, WAL {:.0} kB, CPU ms: worker {:.0}, PostgreSQL {:.0}, broker {:.0}, machine {:.0}",
+                    c.rows_inserted,
+                    c.rows_updated,
+                    c.rows_deleted,
+                    c.wal_kb,
+                    c.cpu.worker,
+                    c.cpu.postgres,
+                    c.cpu.broker,
+                    c.cpu.machine
+                ),
+            )
+        }));
         rows.extend(self.http.iter().map(|run| {
             let errors = match run.errors {
                 0 => String::new(),

@@ -1,0 +1,196 @@
+//! The cost of one input event of each kind, on the running worker and a
+//! database that already holds the throughput phase's orders: first
+//! `--cost-events` checkouts (new orders), then a confirmed payment of each
+//! (PAID), then a cancellation of each (a refund requested), one kind at a
+//! time. Per 1,000 events of the kind: rows inserted, updated and deleted in
+//! orderflow's tables (`pg_stat_user_tables`), WAL bytes
+//! (`pg_current_wal_lsn`), and CPU of the worker, PostgreSQL and the broker
+//! (/proc). A kind's work counts until its inputs are applied and their order
+//! events published and counted by the analytics loop (part of `run`).
+//!
+//! PostgreSQL's table counters reach `pg_stat_user_tables` when a backend
+//! flushes them, at most 10 s after its last transaction when idle, so each
+//! reading waits that out; CPU and WAL are read when the work is done, before
+//! that wait (an idle broker and worker still use some CPU).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use orderflow::events::CheckoutEvent;
+use orderflow::produce::{enqueue, sample_checkout, InFlight};
+use orderflow_testkit::prom;
+use serde::Serialize;
+
+use crate::cpu::CpuTimes;
+use crate::harness::Bench;
+use crate::load::{cancel_for, payment_for};
+use crate::progress;
+
+/// Longer than PostgreSQL's idle stats flush interval (10 s).
+const STATS_FLUSH: Duration = Duration::from_secs(11);
+
+/// What 1,000 input events of one kind cost.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EventCost {
+    pub kind: String,
+    pub events: u64,
+    pub rows_inserted: f64,
+    pub rows_updated: f64,
+    pub rows_deleted: f64,
+    pub wal_kb: f64,
+    /// CPU ms.
+    pub cpu: CpuTimes,
+    /// (table, inserted, updated, deleted) per 1,000 events, the tables
+    /// written.
+    pub by_table: Vec<(String, f64, f64, f64)>,
+}
+
+/// Tuples inserted, updated and deleted so far, by table.
+type TableCounts = BTreeMap<String, [i64; 3]>;
+
+impl Bench {
+    pub async fn cost(&self, n: u64) -> anyhow::Result<Vec<EventCost>> {
+        let mut rng = rand::thread_rng();
+        let checkouts: Vec<CheckoutEvent> = (0..n)
+            .map(|i| {
+                let id = orderflow::domain::OrderId::parse(&format!("cost-{i}"))?;
+                Ok(sample_checkout(
+                    &mut rng,
+                    &id,
+                    3_000_000_000_000 + i as i64,
+                    false,
+                ))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let t = self.settings().topics.clone();
+        let payloads = |kind: &str| -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+            checkouts
+                .iter()
+                .map(|c| {
+                    let payload = match kind {
+                        "checkout" => serde_json::to_vec(c)?,
+                        "payment" => serde_json::to_vec(&payment_for(c, &self.tables))?,
+                        _ => serde_json::to_vec(&cancel_for(c))?,
+                    };
+                    Ok((c.order_id.to_string(), payload))
+                })
+                .collect()
+        };
+        let mut costs = Vec::new();
+        for (kind, topic) in [
+            ("checkout", &t.checkouts),
+            ("payment", &t.payment_confirmations),
+            ("cancellation (refund requested)", &t.cancellations),
+        ] {
+            let messages = payloads(kind)?;
+            progress(format!("cost: {n} × {kind}"));
+            costs.push(self.cost_of(kind, topic, &messages).await?);
+        }
+        Ok(costs)
+    }
+
+    async fn cost_of(
+        &self,
+        kind: &str,
+        topic: &str,
+        messages: &[(String, Vec<u8>)],
+    ) -> anyhow::Result<EventCost> {
+        tokio::time::sleep(STATS_FLUSH).await;
+        let pid = self.worker()?.pid();
+        let tables_before = self.table_counts().await?;
+        let wal_before = self.wal_position().await?;
+        let cpu_before = crate::cpu::now(pid);
+        let handled_before = self.handled(topic).await?;
+        let events_before = self.order_events_progress().await?;
+
+        let mut in_flight = InFlight::new(topic);
+        for (key, payload) in messages {
+            in_flight
+                .push(enqueue(&self.producer, topic, key, payload)?, None)
+                .await?;
+        }
+        in_flight.confirm_all().await?;
+        let n = messages.len() as u64;
+        let started = std::time::Instant::now();
+        while self.handled(topic).await? < handled_before + n as f64 {
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(300),
+                "cost: the {kind} burst was not applied in 5 minutes"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.wait_burst_done(true, events_before).await?;
+        let cpu = (crate::cpu::now(pid) - cpu_before).per_thousand(n);
+        let wal = self.wal_position().await? - wal_before;
+        tokio::time::sleep(STATS_FLUSH).await;
+        let tables_after = self.table_counts().await?;
+
+        let per_k = 1_000.0 / n.max(1) as f64;
+        let mut cost = EventCost {
+            kind: kind.to_owned(),
+            events: n,
+            wal_kb: wal as f64 / 1024.0 * per_k,
+            cpu,
+            ..EventCost::default()
+        };
+        for (table, after) in &tables_after {
+            let before = tables_before.get(table).copied().unwrap_or_default();
+            let d: Vec<f64> = (0..3)
+                .map(|i| (after[i] - before[i]) as f64 * per_k)
+                .collect();
+            if d.iter().any(|v| *v != 0.0) {
+                cost.rows_inserted += d[0];
+                cost.rows_updated += d[1];
+                cost.rows_deleted += d[2];
+                cost.by_table.push((table.clone(), d[0], d[1], d[2]));
+            }
+        }
+        progress(format!(
+            "  per 1,000: rows +{:.0} ~{:.0} -{:.0}, WAL {:.0} kB, CPU ms worker {:.0} PostgreSQL {:.0} broker {:.0}; {}",
+            cost.rows_inserted,
+            cost.rows_updated,
+            cost.rows_deleted,
+            cost.wal_kb,
+            cost.cpu.worker,
+            cost.cpu.postgres,
+            cost.cpu.broker,
+            cost.by_table
+                .iter()
+                .map(|(t, i, u, d)| format!("{t} +{i:.0}~{u:.0}-{d:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        Ok(cost)
+    }
+
+    /// Messages of `topic` the worker has handled, whatever their outcome.
+    async fn handled(&self, topic: &str) -> anyhow::Result<f64> {
+        let page = self.worker()?.metrics_page().await?;
+        Ok(prom::sum(
+            &page,
+            "orderflow_messages_total",
+            &[("topic", topic)],
+        ))
+    }
+
+    async fn table_counts(&self) -> anyhow::Result<TableCounts> {
+        let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT relname::text, n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(t, i, u, d)| (t, [i, u, d]))
+            .collect())
+    }
+
+    /// Bytes of WAL written by the whole cluster so far.
+    async fn wal_position(&self) -> anyhow::Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+}
