@@ -37,6 +37,8 @@ pub struct EventCost {
     pub rows_inserted: f64,
     pub rows_updated: f64,
     pub rows_deleted: f64,
+    /// Of the updated rows, those updated in place (HOT: no index entries).
+    pub rows_hot_updated: f64,
     pub wal_kb: f64,
     /// CPU ms.
     pub cpu: CpuTimes,
@@ -45,8 +47,8 @@ pub struct EventCost {
     pub by_table: Vec<(String, f64, f64, f64)>,
 }
 
-/// Tuples inserted, updated and deleted so far, by table.
-type TableCounts = BTreeMap<String, [i64; 3]>;
+/// Tuples inserted, updated, deleted and HOT-updated so far, by table.
+type TableCounts = BTreeMap<String, [i64; 4]>;
 
 impl Bench {
     pub async fn cost(&self, n: u64) -> anyhow::Result<Vec<EventCost>> {
@@ -135,20 +137,22 @@ impl Bench {
         };
         for (table, after) in &tables_after {
             let before = tables_before.get(table).copied().unwrap_or_default();
-            let d: Vec<f64> = (0..3)
+            let d: Vec<f64> = (0..4)
                 .map(|i| (after[i] - before[i]) as f64 * per_k)
                 .collect();
             if d.iter().any(|v| *v != 0.0) {
                 cost.rows_inserted += d[0];
                 cost.rows_updated += d[1];
                 cost.rows_deleted += d[2];
+                cost.rows_hot_updated += d[3];
                 cost.by_table.push((table.clone(), d[0], d[1], d[2]));
             }
         }
         progress(format!(
-            "  per 1,000: rows +{:.0} ~{:.0} -{:.0}, WAL {:.0} kB, CPU ms worker {:.0} PostgreSQL {:.0} broker {:.0}; {}",
+            "  per 1,000: rows +{:.0} ~{:.0} (HOT {:.0}) -{:.0}, WAL {:.0} kB, CPU ms worker {:.0} PostgreSQL {:.0} broker {:.0}; {}",
             cost.rows_inserted,
             cost.rows_updated,
+            cost.rows_hot_updated,
             cost.rows_deleted,
             cost.wal_kb,
             cost.cpu.worker,
@@ -174,14 +178,15 @@ impl Bench {
     }
 
     async fn table_counts(&self) -> anyhow::Result<TableCounts> {
-        let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
-            "SELECT relname::text, n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables",
+        let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT relname::text, n_tup_ins, n_tup_upd, n_tup_del, n_tup_hot_upd
+             FROM pg_stat_user_tables",
         )
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(t, i, u, d)| (t, [i, u, d]))
+            .map(|(t, i, u, d, h)| (t, [i, u, d, h]))
             .collect())
     }
 

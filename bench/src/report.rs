@@ -113,9 +113,10 @@ impl Report {
             (
                 format!("cost per 1,000 events: {}", c.kind),
                 format!(
-                    "rows +{:.0} ~{:.0} -{:.0}, WAL {:.0} kB, CPU ms: worker {:.0}, PostgreSQL {:.0}, broker {:.0}, machine {:.0}",
+                    "rows +{:.0} ~{:.0} (HOT {:.0}) -{:.0}, WAL {:.0} kB, CPU ms: worker {:.0}, PostgreSQL {:.0}, broker {:.0}, machine {:.0}",
                     c.rows_inserted,
                     c.rows_updated,
+                    c.rows_hot_updated,
                     c.rows_deleted,
                     c.wal_kb,
                     c.cpu.worker,
