@@ -256,6 +256,15 @@ impl Topics {
         format!("{input}.dlq")
     }
 
+    /// The three input topics' names.
+    pub fn inputs(&self) -> [&str; 3] {
+        [
+            &self.checkouts,
+            &self.payment_confirmations,
+            &self.cancellations,
+        ]
+    }
+
     /// Every topic name keyed by its role in `topics/*.toml`.
     pub fn by_role(&self) -> BTreeMap<&'static str, String> {
         BTreeMap::from([

@@ -274,11 +274,7 @@ pub async fn replay(
     dry_run: bool,
     mut progress: impl FnMut(&Replayed),
 ) -> anyhow::Result<Replayed> {
-    let inputs = [
-        settings.topics.checkouts.as_str(),
-        settings.topics.payment_confirmations.as_str(),
-        settings.topics.cancellations.as_str(),
-    ];
+    let inputs = settings.topics.inputs();
     let mut letters = Vec::new();
     let mut done = Replayed::default();
     read(settings, topic, filter, |letter| {

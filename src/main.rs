@@ -252,12 +252,7 @@ async fn dlq(settings: &Settings, command: DlqCommand) -> anyhow::Result<()> {
     use orderflow::dlq;
     // An input topic's name is taken to mean its dead-letter topic.
     let topic_of = |topic: String| {
-        let inputs = [
-            &settings.topics.checkouts,
-            &settings.topics.payment_confirmations,
-            &settings.topics.cancellations,
-        ];
-        if inputs.contains(&&topic) {
+        if settings.topics.inputs().contains(&topic.as_str()) {
             let letters = orderflow::config::Topics::dlq(&topic);
             eprintln!("{topic} is an input topic; reading {letters}");
             letters

@@ -1,12 +1,16 @@
 //! Reading Prometheus text (a worker's `/metrics` page): samples, labels and
 //! histograms with their quantiles.
 
-/// The labelled samples of metric `name` on a /metrics page: (labels, value)
-/// for each `name{labels} value` line.
+/// The samples of metric `name` on a /metrics page: (labels, value) for
+/// each `name{labels} value` line, and ("", value) for an unlabelled
+/// `name value` line.
 pub fn samples<'a>(page: &'a str, name: &'a str) -> impl Iterator<Item = (&'a str, f64)> + 'a {
     page.lines().filter_map(move |line| {
-        let rest = line.strip_prefix(name)?.strip_prefix('{')?;
-        let (labels, value) = rest.rsplit_once("} ")?;
+        let rest = line.strip_prefix(name)?;
+        let (labels, value) = match rest.strip_prefix('{') {
+            Some(labelled) => labelled.rsplit_once("} ")?,
+            None => ("", rest.strip_prefix(' ')?),
+        };
         Some((labels, value.parse().ok()?))
     })
 }
@@ -149,6 +153,12 @@ mod tests {
             sum(page, "orderflow_messages_total", &[("topic", "nope")]),
             0.0
         );
+        // Unlabelled gauges too (the outbox backlog read as 0 before),
+        // without matching a longer name that starts the same.
+        let page = "orderflow_outbox_backlog 7
+orderflow_outbox_backlog_x 1
+";
+        assert_eq!(sum(page, "orderflow_outbox_backlog", &[]), 7.0);
     }
 
     const PAGE: &str = r#"orderflow_end_to_end_latency_seconds_bucket{topic="c",le="0.01"} 10

@@ -320,11 +320,8 @@ async fn the_relay_recovers_once_the_order_events_schema_is_registered() {
     let started = Instant::now();
     loop {
         let text = app.metrics().await;
-        let failures = text
-            .lines()
-            .find_map(|l| l.strip_prefix("orderflow_outbox_publish_failures_total "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0);
+        let failures =
+            orderflow_testkit::prom::sum(&text, "orderflow_outbox_publish_failures_total", &[]);
         if failures >= 2.0 {
             break;
         }

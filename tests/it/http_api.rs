@@ -193,12 +193,7 @@ async fn a_worker_that_cannot_reach_kafka_is_not_ready_and_keeps_its_outbox_back
     // The relay fails its rounds, and the backlog it counted stays (it was
     // reset to 0 after each failure, which kept OrderflowOutboxStalled
     // silent through a broker outage); the row's age keeps growing.
-    let gauge = |text: &str, name: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(-1.0)
-    };
+    let gauge = |text: &str, name: &str| orderflow_testkit::prom::sum(text, name, &[]);
     let started = std::time::Instant::now();
     let text = loop {
         let text = app.metrics().await;
