@@ -11,6 +11,7 @@
 //! 4xx for bad requests and unknown ids, 503 when the database is down.
 
 mod analytics;
+mod event_stream;
 mod orders;
 mod serve;
 mod streams;

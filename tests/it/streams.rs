@@ -371,6 +371,115 @@ async fn graceful_shutdown_ends_open_streams() {
     tokio::time::timeout(T, stopping).await.unwrap().unwrap();
 }
 
+/// Reads from `socket` until `needle` has arrived (or the peer closes, when
+/// `needle` is empty); everything read so far.
+async fn read_until(
+    socket: &mut tokio::net::TcpStream,
+    seen: &mut Vec<u8>,
+    needle: &str,
+) -> String {
+    use tokio::io::AsyncReadExt;
+    tokio::time::timeout(T, async {
+        loop {
+            let text = String::from_utf8_lossy(seen).into_owned();
+            if !needle.is_empty() && text.contains(needle) {
+                return text;
+            }
+            if socket.read_buf(seen).await.unwrap() == 0 {
+                assert!(needle.is_empty(), "closed before {needle:?}: {text}");
+                return text;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{needle:?} in time: {}", String::from_utf8_lossy(seen)))
+}
+
+async fn send(addr: std::net::SocketAddr, request: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket.write_all(request.as_bytes()).await.unwrap();
+    socket
+}
+
+/// A connection whose first request is a stream is written by orderflow's
+/// own writer (http::event_stream, no hyper buffers): chunked, closed after
+/// the response; a client leaving an idle stream is noticed. Everything
+/// else on such a route (HTTP/1.0, a kept-alive connection, a body) is
+/// hyper's and still works.
+#[tokio::test]
+async fn a_stream_on_a_connection_of_its_own_is_chunked_and_ends_when_the_client_leaves() {
+    const USERS: &str = "orderflow_sse_connections{route=\"/users/{user_id}/orders/events\"}";
+    let env = TestEnv::new().await;
+    let app = env.start().await;
+    let addr = app.running.http_addr.unwrap();
+
+    let mut seen = Vec::new();
+    let mut stream = send(
+        addr,
+        "GET /users/77/orders/events HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    let head = read_until(&mut stream, &mut seen, "event: snapshot").await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    for line in [
+        "content-type: text/event-stream",
+        "transfer-encoding: chunked",
+        "connection: close",
+        "x-accel-buffering: no",
+    ] {
+        assert!(head.contains(&format!("{line}\r\n")), "{line} in {head}");
+    }
+    app.wait_metric(&format!("{USERS} 1")).await;
+    env.produce_checkout(&checkout("sse-raw-1", 77_001, 77))
+        .await;
+    let text = read_until(&mut stream, &mut seen, "event: OrderCreated").await;
+    // The event is a chunk of its own: a hex size line, then the event.
+    let at = text.find("event: OrderCreated").unwrap();
+    let size_line = text[..at]
+        .trim_end_matches("\r\n")
+        .rsplit("\r\n")
+        .next()
+        .unwrap();
+    assert!(
+        usize::from_str_radix(size_line, 16).is_ok_and(|n| n > 0),
+        "a chunk size before the event: {size_line:?}"
+    );
+    drop(stream);
+    app.wait_metric(&format!("{USERS} 0")).await;
+    app.wait_metric("orderflow_sse_disconnects_total{reason=\"client\"} 1")
+        .await;
+
+    // An unknown order: a whole 404 with its length, then the close.
+    let mut seen = Vec::new();
+    let mut socket = send(
+        addr,
+        "GET /orders/nope-1/events HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    let text = read_until(&mut socket, &mut seen, "").await;
+    assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"), "{text}");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.contains(&format!("content-length: {}\r\n", body.len())),
+        "{text}"
+    );
+    assert!(body.contains("not found"), "{body}");
+
+    // hyper's: HTTP/1.0, a request with a body, a kept-alive connection.
+    for request in [
+        "GET /users/78/orders/events HTTP/1.0\r\nHost: x\r\n\r\n",
+        "GET /users/78/orders/events HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi",
+        "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /users/78/orders/events HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        let mut seen = Vec::new();
+        let mut socket = send(addr, request).await;
+        let text = read_until(&mut socket, &mut seen, "event: snapshot").await;
+        assert!(!text.contains("connection: close"), "hyper's: {text}");
+    }
+    app.stop().await;
+}
+
 fn event(order_id: &str, body: OrderEventBody, status: OrderStatus) -> NewRecord {
     let at = orderflow::clock::Clock::default().now();
     let e = OrderEvent::new(&new_event_id(), &order_id_of(order_id), status, at, body);
