@@ -107,7 +107,14 @@ impl Bench {
     /// transaction, then one synchronous produce of the resulting event.
     pub async fn naive(&self, n: u64) -> anyhow::Result<f64> {
         let appliers = self.appliers();
-        let topic = &self.settings().topics.order_events;
+        // Topics of its own: what it publishes (checkout payloads, its cost
+        // stand-in for the resulting event) must not reach the order-events
+        // topic that the analytics phase replays.
+        let mut own = self.settings().clone();
+        own.topics =
+            orderflow::config::Topics::prefixed(&format!("bench-{}-naive-", self.world.id));
+        orderflow_testkit::create_topics(&own).await?;
+        let topic = &own.topics.order_events;
         let mut rng = rand::thread_rng();
         let mut statistics = Statistics::default();
         let started = Instant::now();

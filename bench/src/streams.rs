@@ -51,8 +51,10 @@ impl Bench {
             "streams: throughput without subscribers ({} checkouts of the mix)",
             o.sse_checkouts
         ));
-        report.sse_throughput_without = self.burst(o.sse_checkouts, "ssa", 810_000_000_000).await?;
-        progress(format!("  {:.0} events/s", report.sse_throughput_without));
+        // Bursts in the order without, with, with, without, so that a drift
+        // of the machine over the phase weighs on both sides alike.
+        let without_first = self.burst(o.sse_checkouts, "ssa", 810_000_000_000).await?;
+        progress(format!("  {without_first:.0} events/s"));
 
         tokio::time::sleep(Duration::from_secs(2)).await;
         report.sse_rss_before_mb = self.worker_rss();
@@ -138,14 +140,31 @@ impl Bench {
             "streams: throughput with the {n} subscribers attached ({} checkouts of the mix)",
             o.sse_checkouts
         ));
-        report.sse_throughput_with = self.burst(o.sse_checkouts, "ssb", 820_000_000_000).await?;
-        report.sse_throughput_ratio = report.sse_throughput_with / report.sse_throughput_without;
-        progress(format!("  {:.0} events/s", report.sse_throughput_with));
+        let with_first = self.burst(o.sse_checkouts, "ssb", 820_000_000_000).await?;
+        progress(format!("  {with_first:.0} events/s; once more"));
+        let with_second = self.burst(o.sse_checkouts, "ssc", 830_000_000_000).await?;
+        progress(format!("  {with_second:.0} events/s"));
         stop.store(true, Ordering::Release);
         for t in tasks {
             t.abort();
         }
         report.sse_streams_dropped = received.lock().unwrap().dropped;
+        self.wait_closed().await?;
+        progress(format!(
+            "streams: throughput without subscribers again ({} checkouts of the mix)",
+            o.sse_checkouts
+        ));
+        let without_second = self.burst(o.sse_checkouts, "ssd", 840_000_000_000).await?;
+        progress(format!("  {without_second:.0} events/s"));
+        report.sse_throughput_without = (without_first + without_second) / 2.0;
+        report.sse_throughput_with = (with_first + with_second) / 2.0;
+        report.sse_throughput_ratio = report.sse_throughput_with / report.sse_throughput_without;
+        progress(format!(
+            "  without {:.0} (mean of {without_first:.0}, {without_second:.0}), with {:.0} (mean of {with_first:.0}, {with_second:.0}) events/s: {:+.1} %",
+            report.sse_throughput_without,
+            report.sse_throughput_with,
+            (report.sse_throughput_ratio - 1.0) * 100.0
+        ));
         Ok(())
     }
 
@@ -163,6 +182,25 @@ impl Bench {
 
     fn worker_base(&self) -> anyhow::Result<String> {
         Ok(self.worker.as_ref().context("no worker")?.base.clone())
+    }
+
+    /// Waits until the worker has seen every stream's client go.
+    async fn wait_closed(&self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            let page = self.worker_metrics().await?;
+            let open = prom::sum(&page, "orderflow_sse_connections", &[]);
+            if open == 0.0 {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                progress(format!(
+                    "  {open} streams still open after their clients left"
+                ));
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn wait_connections(&self, n: u64) -> anyhow::Result<()> {
