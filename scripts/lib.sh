@@ -119,6 +119,61 @@ ensure_chromium() {
 # PG_TLS_PORT (default 55432), with a CA and a server certificate for
 # 127.0.0.1 made here with openssl. Exports ORDERFLOW_TLS_DATABASE_URL
 # (sslmode=verify-full against that CA) and ORDERFLOW_TLS_CA.
+# A throwaway primary and a hot standby streaming from it (pg_basebackup -R),
+# both on loopback, for the read-replica tests. The machine's own cluster is
+# not used: making it a replication source would mean editing its pg_hba.conf.
+# Exports ORDERFLOW_REPLICA_PRIMARY_URL and ORDERFLOW_REPLICA_STANDBY_URL
+# (set both to use servers of your own).
+start_replica_postgres() {
+  if [ -n "${ORDERFLOW_REPLICA_PRIMARY_URL:-}" ] && [ -n "${ORDERFLOW_REPLICA_STANDBY_URL:-}" ]; then
+    say "using the primary and standby at ORDERFLOW_REPLICA_PRIMARY_URL and ORDERFLOW_REPLICA_STANDBY_URL"
+    return
+  fi
+  local bin port="${PG_REPLICA_PORT:-55433}" standby_port dir as=()
+  standby_port=$((port + 1))
+  bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
+  if [ -z "$bin" ] || [ ! -x "$bin/pg_basebackup" ]; then
+    bin="$(dirname "$(command -v initdb 2>/dev/null || echo /nonexistent/initdb)")"
+  fi
+  [ -x "$bin/initdb" ] && [ -x "$bin/pg_basebackup" ] || die "the read-replica test needs PostgreSQL's server binaries
+  (initdb, pg_ctl, pg_basebackup): install them (Debian/Ubuntu: sudo apt-get install postgresql), or set
+  ORDERFLOW_REPLICA_PRIMARY_URL and ORDERFLOW_REPLICA_STANDBY_URL to a primary and a hot standby of your own"
+  for p in "$port" "$standby_port"; do
+    port_open 127.0.0.1 "$p" && die "port $p is taken; set PG_REPLICA_PORT to a free pair (it and the next)"
+  done
+  dir="$(mktemp -d /tmp/orderflow-pgrepl.XXXXXX)"
+  TEMP_DIRS+=("$dir")
+  say "starting a PostgreSQL primary on 127.0.0.1:$port and a hot standby of it on :$standby_port ($dir)"
+  if [ "$(id -u)" -eq 0 ]; then
+    chown postgres "$dir"
+    as=(runuser -u postgres --)
+  fi
+  "${as[@]}" "$bin/initdb" -D "$dir/primary" -A trust -U postgres >"$dir/initdb.log" 2>&1 ||
+    die "initdb failed; see $dir/initdb.log"
+  "${as[@]}" tee -a "$dir/primary/postgresql.conf" >/dev/null <<CONF
+port = $port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$dir'
+fsync = off
+wal_level = replica
+max_wal_senders = 4
+hot_standby = on
+CONF
+  printf 'local all all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n' |
+    "${as[@]}" tee "$dir/primary/pg_hba.conf" >/dev/null
+  "${as[@]}" "$bin/pg_ctl" -D "$dir/primary" -l "$dir/primary.log" -w start >/dev/null ||
+    die "the replica test's primary did not start; see $dir/primary.log"
+  STARTED_PIDS+=("$(head -1 "$dir/primary/postmaster.pid")")
+  "${as[@]}" "$bin/pg_basebackup" -h 127.0.0.1 -p "$port" -U postgres -D "$dir/standby" -R -X stream \
+    >"$dir/basebackup.log" 2>&1 || die "pg_basebackup failed; see $dir/basebackup.log"
+  echo "port = $standby_port" | "${as[@]}" tee -a "$dir/standby/postgresql.conf" >/dev/null
+  "${as[@]}" "$bin/pg_ctl" -D "$dir/standby" -l "$dir/standby.log" -w start >/dev/null ||
+    die "the standby did not start; see $dir/standby.log"
+  STARTED_PIDS+=("$(head -1 "$dir/standby/postmaster.pid")")
+  export ORDERFLOW_REPLICA_PRIMARY_URL="postgres://postgres@127.0.0.1:$port/postgres"
+  export ORDERFLOW_REPLICA_STANDBY_URL="postgres://postgres@127.0.0.1:$standby_port/postgres"
+}
+
 start_tls_postgres() {
   if [ -n "${ORDERFLOW_TLS_DATABASE_URL:-}" ]; then
     say "using the TLS PostgreSQL at ORDERFLOW_TLS_DATABASE_URL"

@@ -11,6 +11,7 @@ cd "$ROOT"
 
 ensure_postgres
 start_tls_postgres
+start_replica_postgres
 ensure_chromium
 start_broker "memory://tansu/"
 

@@ -198,7 +198,27 @@ pub async fn start(settings: Settings, components: &[Component]) -> anyhow::Resu
         running.spawn_rest("order feed tailer", |stop| {
             crate::realtime::tailer(tail_pool, tail_hub, stop)
         });
+        let replica = match &settings.database_read_url {
+            Some(url) => Some(crate::store::read_pool(
+                url,
+                settings.database_max_connections,
+            )?),
+            None => None,
+        };
+        let reads = crate::http::Reads::new(
+            pool.clone(),
+            replica.clone(),
+            settings.read_min_lsn_wait,
+            metrics.clone(),
+        );
+        if let Some(replica) = replica {
+            let (primary, metrics, up) = (pool.clone(), metrics.clone(), reads.replica_up());
+            running.spawn_rest("replica lag", |stop| {
+                replica_lag(primary, replica, metrics, up, stop)
+            });
+        }
         let state = crate::http::AppState {
+            reads,
             pool,
             metrics,
             expected_consumers: Arc::new(started),
@@ -227,6 +247,38 @@ fn spawn_housekeeping(running: &Running, settings: &Settings, components: &[Comp
             duties,
         };
         running.spawn_rest("housekeeping", |stop| housekeeping.run(stop));
+    }
+}
+
+/// Keeps `orderflow_replica_lag_seconds` and `_bytes` current (every 2 s).
+/// An unreachable replica reads as infinitely behind (its reads go to the
+/// primary meanwhile).
+async fn replica_lag(
+    primary: PgPool,
+    replica: PgPool,
+    metrics: Arc<Metrics>,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    loop {
+        match crate::store::replica::lag(&primary, &replica).await {
+            Ok((seconds, bytes)) => {
+                metrics.replica_lag(seconds, bytes);
+                if !up.swap(true, Ordering::Relaxed) {
+                    info!("the read replica answers again");
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "replica lag unknown");
+                metrics.replica_lag(f64::INFINITY, 0);
+                up.store(false, Ordering::Relaxed);
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
     }
 }
 

@@ -32,6 +32,16 @@ pub const VARIABLES: &[Variable] = &[
         help: "pool size shared by the loops' batches and HTTP",
     },
     Variable {
+        name: "DATABASE_READ_URL",
+        default: "",
+        help: "a streaming replica for the HTTP read routes (empty: the primary)",
+    },
+    Variable {
+        name: "READ_MIN_LSN_WAIT_MS",
+        default: "250",
+        help: "how long a read with ?min_lsn= or ?min_event= waits for the replica before reading the primary",
+    },
+    Variable {
         name: "KAFKA_BROKERS",
         default: "127.0.0.1:9092",
         help: "bootstrap servers",
@@ -321,6 +331,12 @@ impl Default for Topics {
 pub struct Settings {
     pub database_url: String,
     pub database_max_connections: u32,
+    /// A streaming replica the HTTP read routes use (`DATABASE_READ_URL`);
+    /// `None`: the primary.
+    pub database_read_url: Option<String>,
+    /// How long a read that must see a position (`?min_lsn=`) waits for the
+    /// replica to replay it before reading the primary.
+    pub read_min_lsn_wait: Duration,
     pub kafka_brokers: String,
     /// Extra librdkafka properties for every client (`KAFKA_CONFIG`, `k=v,k=v`
     /// or `k=v;k=v`), e.g. `security.protocol=SASL_SSL`.
@@ -427,6 +443,11 @@ impl std::fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("database_url", &redact_url(&self.database_url))
             .field("database_max_connections", &self.database_max_connections)
+            .field(
+                "database_read_url",
+                &self.database_read_url.as_deref().map(redact_url),
+            )
+            .field("read_min_lsn_wait", &self.read_min_lsn_wait)
             .field("kafka_brokers", &self.kafka_brokers)
             .field("kafka_extra", &keys(&self.kafka_extra))
             .field("kafka_consumer_extra", &keys(&self.kafka_consumer_extra))
@@ -517,6 +538,8 @@ impl Settings {
                 "postgres://postgres@127.0.0.1:5432/orderflow",
             ),
             database_max_connections: parse(&lookup, "DATABASE_MAX_CONNECTIONS", 20)?,
+            database_read_url: Some(get("DATABASE_READ_URL", "")).filter(|u| !u.trim().is_empty()),
+            read_min_lsn_wait: Duration::from_millis(parse(&lookup, "READ_MIN_LSN_WAIT_MS", 250)?),
             kafka_brokers: get("KAFKA_BROKERS", "127.0.0.1:9092"),
             kafka_extra: parse_kv_list("KAFKA_CONFIG", &get("KAFKA_CONFIG", ""))?,
             kafka_consumer_extra: parse_kv_list(
@@ -655,14 +678,18 @@ impl Settings {
                 "must be -1 (broker default) or at least 1",
             ));
         }
-        if !self.database_url.starts_with("postgres://")
-            && !self.database_url.starts_with("postgresql://")
-        {
-            return Err(bad(
-                "DATABASE_URL",
-                redact_url(&self.database_url),
-                "must start with postgres:// or postgresql://",
-            ));
+        for (var, url) in [
+            ("DATABASE_URL", Some(&self.database_url)),
+            ("DATABASE_READ_URL", self.database_read_url.as_ref()),
+        ] {
+            let Some(url) = url else { continue };
+            if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+                return Err(bad(
+                    var,
+                    redact_url(url),
+                    "must start with postgres:// or postgresql://",
+                ));
+            }
         }
         if let Some(url) = &self.schema_registry_url {
             if !url.starts_with("http://") && !url.starts_with("https://") {

@@ -221,6 +221,9 @@ impl OutboxMetrics {
 struct HttpMetrics {
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
+    reads: IntCounterVec,
+    replica_lag_seconds: Gauge,
+    replica_lag_bytes: IntGauge,
 }
 
 impl HttpMetrics {
@@ -237,6 +240,19 @@ impl HttpMetrics {
                 "HTTP request latency by route",
                 http_buckets,
                 &["route"],
+            ),
+            reads: r.counters(
+                "http_reads_total",
+                "Reads of the HTTP read routes by the database that served them (with DATABASE_READ_URL)",
+                &["source"],
+            ),
+            replica_lag_seconds: r.add(Gauge::new(
+                "replica_lag_seconds",
+                "How far the read replica (DATABASE_READ_URL) is behind the primary: 0 when it has replayed what the primary had written, else the time since the last transaction it replayed committed",
+            )),
+            replica_lag_bytes: r.gauge(
+                "replica_lag_bytes",
+                "WAL bytes the read replica has not replayed yet",
             ),
         }
     }
@@ -760,6 +776,18 @@ impl Metrics {
 
     pub fn feed_read(&self) {
         self.streams.feed_reads.inc();
+    }
+
+    /// A read route served by `source` (`primary` or `replica`).
+    pub fn http_read(&self, source: &str) {
+        self.http.reads.with_label_values(&[source]).inc();
+    }
+
+    pub fn replica_lag(&self, seconds: f64, bytes: u64) {
+        self.http.replica_lag_seconds.set(seconds);
+        self.http
+            .replica_lag_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     pub fn http_request(&self, route: &str, status: u16, took: Duration) {

@@ -87,7 +87,7 @@ async fn scope(state: &AppState, p: &Params) -> Result<Scope, ApiError> {
         }
         Some(c) => Some(c.clone()),
         None => {
-            let mut found = analytics::currencies(&state.pool, from, to).await?;
+            let mut found = analytics::currencies(state.reads.any(), from, to).await?;
             if found.len() > 1 {
                 return Err(ApiError::BadRequest(format!(
                     "the range holds figures in {} currencies ({}); pass currency=",
@@ -120,8 +120,8 @@ async fn per_day(
         return Ok(days);
     };
     let (counts, time_to_pay) = tokio::try_join!(
-        analytics::daily(&state.pool, scope.from, scope.to, currency),
-        analytics::time_to_pay(&state.pool, scope.from, scope.to, currency),
+        analytics::daily(state.reads.any(), scope.from, scope.to, currency),
+        analytics::time_to_pay(state.reads.any(), scope.from, scope.to, currency),
     )?;
     for (day, c) in counts {
         days.entry(day)
@@ -249,8 +249,15 @@ pub async fn top_products(
     let scope = scope(&state, &p).await?;
     let products = match &scope.currency {
         Some(currency) => {
-            analytics::top_products(&state.pool, scope.from, scope.to, currency, rank, limit)
-                .await?
+            analytics::top_products(
+                state.reads.any(),
+                scope.from,
+                scope.to,
+                currency,
+                rank,
+                limit,
+            )
+            .await?
         }
         None => Vec::new(),
     };

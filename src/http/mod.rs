@@ -13,9 +13,11 @@
 mod analytics;
 mod event_stream;
 mod orders;
+mod reads;
 mod serve;
 mod streams;
 
+pub use reads::Reads;
 pub use serve::serve;
 
 use std::sync::Arc;
@@ -34,7 +36,10 @@ use crate::telemetry::Metrics;
 
 #[derive(Clone)]
 pub struct AppState {
+    /// The primary: live streams, readiness, parked events.
     pub pool: PgPool,
+    /// The read routes' database: a replica when one is configured.
+    pub reads: Reads,
     pub metrics: Arc<Metrics>,
     /// Consumer loops this process runs; `/readyz` needs each of them up.
     pub expected_consumers: Arc<Vec<String>>,
@@ -155,6 +160,11 @@ impl IntoResponse for ApiError {
         };
         (status, Json(serde_json::json!({"error": self.to_string()}))).into_response()
     }
+}
+
+/// At most 40 characters of client input, for an error message.
+pub(crate) fn clip(raw: &str) -> String {
+    raw.chars().take(40).collect()
 }
 
 /// A JSON document built by PostgreSQL, passed through as is.

@@ -55,7 +55,7 @@ fn params(headers: &HeaderMap, query: Option<&str>) -> Result<Params, ApiError> 
             .ok_or_else(|| {
                 ApiError::BadRequest(format!(
                     "cursor {:?} is not an event id from this stream",
-                    &raw[..raw.len().min(40)]
+                    super::clip(raw)
                 ))
             })
     };

@@ -279,6 +279,30 @@ pub async fn order_snapshot<'e>(
     .await
 }
 
+/// The last cursor issued to `target`'s user (0 when none): a server that
+/// shows it has every change up to that event (each is committed with the
+/// head it raised). For an order the server does not have yet: 0.
+pub async fn head(pool: &PgPool, target: &Target) -> sqlx::Result<i64> {
+    let head: Option<i64> = match target {
+        Target::Order(order_id) => {
+            sqlx::query_scalar(
+                "SELECT h.seq FROM orders o JOIN feed_heads h ON h.user_id = o.user_id
+                 WHERE o.order_id = $1",
+            )
+            .bind(order_id)
+            .fetch_optional(pool)
+            .await?
+        }
+        Target::User(user_id) => {
+            sqlx::query_scalar("SELECT seq FROM feed_heads WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_optional(pool)
+                .await?
+        }
+    };
+    Ok(head.unwrap_or(0))
+}
+
 /// A user's most recent `limit` orders as a stream starts from them, and the
 /// cursor they are current to.
 pub async fn user_snapshot(pool: &PgPool, user_id: i64, limit: i64) -> sqlx::Result<(String, i64)> {

@@ -18,6 +18,7 @@ pub mod outbox;
 pub mod parked;
 pub mod pricing_tables;
 pub mod queries;
+pub mod replica;
 
 use std::time::Duration;
 
@@ -43,6 +44,19 @@ pub fn pool(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
         // No ping before each use: it doubled the round trips of a status
         // read. A connection that died is found by the query itself, whose
         // error is transient (the loops retry, HTTP answers 503 once).
+        .test_before_acquire(false)
+        .connect_lazy_with(options))
+}
+
+/// A pool for the HTTP reads on a streaming replica (`DATABASE_READ_URL`),
+/// its sessions named `orderflow-read` in `pg_stat_activity`.
+pub fn read_pool(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let options = PgConnectOptions::from_str(url)
+        .context("failed to parse DATABASE_READ_URL")?
+        .application_name("orderflow-read");
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
         .test_before_acquire(false)
         .connect_lazy_with(options))
 }

@@ -12,6 +12,7 @@ mod http_api;
 mod lifecycle;
 mod partitions;
 mod races;
+mod replica;
 mod restart;
 mod streams;
 mod tls;
