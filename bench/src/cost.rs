@@ -19,33 +19,14 @@ use std::time::Duration;
 use orderflow::events::CheckoutEvent;
 use orderflow::produce::{enqueue, sample_checkout, InFlight};
 use orderflow_testkit::prom;
-use serde::Serialize;
 
-use crate::cpu::CpuTimes;
 use crate::harness::Bench;
 use crate::load::{cancel_for, payment_for};
 use crate::progress;
+use crate::report::EventCost;
 
 /// Longer than PostgreSQL's idle stats flush interval (10 s).
 const STATS_FLUSH: Duration = Duration::from_secs(11);
-
-/// What 1,000 input events of one kind cost.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct EventCost {
-    pub kind: String,
-    pub events: u64,
-    pub rows_inserted: f64,
-    pub rows_updated: f64,
-    pub rows_deleted: f64,
-    /// Of the updated rows, those updated in place (HOT: no index entries).
-    pub rows_hot_updated: f64,
-    pub wal_kb: f64,
-    /// CPU ms.
-    pub cpu: CpuTimes,
-    /// (table, inserted, updated, deleted) per 1,000 events, the tables
-    /// written.
-    pub by_table: Vec<(String, f64, f64, f64)>,
-}
 
 /// Tuples inserted, updated, deleted and HOT-updated so far, by table.
 type TableCounts = BTreeMap<String, [i64; 4]>;

@@ -70,7 +70,7 @@ pub struct Report {
     pub analytics_orders: i64,
     pub analytics_rebuild_s: f64,
     /// Rows, WAL and CPU per 1,000 events of each kind.
-    pub cost: Vec<crate::cost::EventCost>,
+    pub cost: Vec<EventCost>,
 }
 
 /// One route under closed-loop load: `connections` clients, each sending its
@@ -335,4 +335,22 @@ mod tests {
         assert_eq!(short_topic("bench-0123abcd-checkouts"), "checkouts");
         assert_eq!(short_topic("checkouts"), "checkouts");
     }
+}
+
+/// What 1,000 input events of one kind cost.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EventCost {
+    pub kind: String,
+    pub events: u64,
+    pub rows_inserted: f64,
+    pub rows_updated: f64,
+    pub rows_deleted: f64,
+    /// Of the updated rows, those updated in place (HOT: no index entries).
+    pub rows_hot_updated: f64,
+    pub wal_kb: f64,
+    /// CPU ms.
+    pub cpu: crate::cpu::CpuTimes,
+    /// (table, inserted, updated, deleted) per 1,000 events, the tables
+    /// written.
+    pub by_table: Vec<(String, f64, f64, f64)>,
 }

@@ -62,7 +62,9 @@ async fn scalar_f64(metrics_url: &str, http: &reqwest::Client, name: &str) -> f6
         .text()
         .await
         .unwrap();
-    let value = prom::samples(&page, name).next().map_or(f64::NAN, |(_, v)| v);
+    let value = prom::samples(&page, name)
+        .next()
+        .map_or(f64::NAN, |(_, v)| v);
     value
 }
 
