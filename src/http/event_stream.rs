@@ -1,8 +1,8 @@
 //! A connection whose first request opens a live stream, answered without
 //! hyper so that an idle stream holds no buffer.
 //!
-//! The head (read and checked by `serve`) becomes a request for the same
-//! router as every other route; the response is written here: head, then
+//! The head (read by `serve`, parsed once by [`head`]) becomes a request
+//! for the same router as every other route; the response is written here: head, then
 //! the body in chunks as it comes (or with its length when it has one, such
 //! as a 404), then the connection closes (`Connection: close`: a client
 //! opens a new one for its next request). Between events the connection
@@ -47,31 +47,65 @@ pub fn is_stream_request_line(line: &[u8]) -> bool {
         && path.ends_with(b"/events")
 }
 
-/// Whether a head announces a body (`serve` leaves those to hyper).
-pub fn has_body(headers: &[httparse::Header<'_>]) -> bool {
-    headers.iter().any(|h| {
-        h.name.eq_ignore_ascii_case("transfer-encoding")
-            || (h.name.eq_ignore_ascii_case("content-length") && h.value.trim_ascii() != b"0")
-    })
+/// What the bytes read so far from a connection are.
+pub enum Head {
+    /// Not yet a whole head of a stream request.
+    Partial,
+    /// A whole head of a live stream request, with nothing after it, as a
+    /// request for the router.
+    Stream(Box<Request<Body>>),
+    /// Anything else (another request, a body, pipelined bytes, a head
+    /// httparse refuses): hyper answers it.
+    Other,
 }
 
-/// Serves the request in `head` (a complete head, nothing after it) on
-/// `stream`, then closes it.
-pub async fn serve(mut stream: TcpStream, head: Vec<u8>, router: Router, stop: CancellationToken) {
-    let request = match request(&head) {
-        Ok(request) => request,
-        Err(reason) => {
-            let body = serde_json::json!({ "error": reason }).to_string();
-            let response = format!(
-                "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n\
-                 content-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = write(&mut stream, response.as_bytes()).await;
-            return;
-        }
+/// Reads `read` as the start of a connection (`serve` reads until this is
+/// not `Partial`). The head is parsed once, here.
+pub fn head(read: &[u8]) -> Head {
+    let Some(line_end) = read.windows(2).position(|w| w == b"\r\n") else {
+        return Head::Partial;
     };
-    drop(head);
+    if !is_stream_request_line(&read[..line_end]) {
+        return Head::Other;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Request::new(&mut headers);
+    match parsed.parse(read) {
+        Ok(httparse::Status::Partial) => return Head::Partial,
+        Ok(httparse::Status::Complete(len)) if len == read.len() => {}
+        _ => return Head::Other,
+    }
+    let mut request = Request::builder()
+        .method(Method::GET)
+        .version(Version::HTTP_11)
+        .uri(parsed.path.unwrap_or("/"));
+    for h in parsed.headers.iter() {
+        let announces_body = h.name.eq_ignore_ascii_case("transfer-encoding")
+            || (h.name.eq_ignore_ascii_case("content-length") && h.value.trim_ascii() != b"0");
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) else {
+            return Head::Other;
+        };
+        if announces_body {
+            return Head::Other;
+        }
+        request = request.header(name, value);
+    }
+    request
+        .body(Body::empty())
+        .map_or(Head::Other, |r| Head::Stream(Box::new(r)))
+}
+
+/// Serves `request` (a live stream's, from [`head`]) on `stream`, then
+/// closes it.
+pub async fn serve(
+    mut stream: TcpStream,
+    request: Request<Body>,
+    router: Router,
+    stop: CancellationToken,
+) {
     let response = match router.oneshot(request).await {
         Ok(response) => response,
         Err(never) => match never {},
@@ -87,30 +121,6 @@ pub async fn serve(mut stream: TcpStream, head: Vec<u8>, router: Router, stop: C
     if let Err(e) = outcome {
         tracing::debug!(error = %e, "live stream connection ended with an error");
     }
-}
-
-/// The head as a request for the router; the reason when it is not one.
-fn request(head: &[u8]) -> Result<Request<Body>, String> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut parsed = httparse::Request::new(&mut headers);
-    match parsed.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return Err("malformed request head".into()),
-    }
-    let mut request = Request::builder()
-        .method(Method::GET)
-        .version(Version::HTTP_11)
-        .uri(parsed.path.unwrap_or("/"));
-    for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| format!("bad header name {:?}", h.name))?;
-        let value = HeaderValue::from_bytes(h.value)
-            .map_err(|_| format!("bad value for header {:?}", h.name))?;
-        request = request.header(name, value);
-    }
-    request
-        .body(Body::empty())
-        .map_err(|e| format!("bad request: {e}"))
 }
 
 /// Writes `response`: its head, then its body, then closes.
@@ -232,22 +242,26 @@ mod tests {
 
     #[test]
     fn heads_become_requests_for_the_router() {
-        let mut headers = [httparse::EMPTY_HEADER; 4];
-        let mut parsed = httparse::Request::new(&mut headers);
-        parsed
-            .parse(b"GET /o/events HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
-            .unwrap();
-        assert!(has_body(parsed.headers));
-        let mut headers = [httparse::EMPTY_HEADER; 4];
-        let mut parsed = httparse::Request::new(&mut headers);
-        parsed
-            .parse(b"GET /o/events HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
-            .unwrap();
-        assert!(!has_body(parsed.headers));
-        assert!(request(b"GET /o/events HTTP/1.1\r\nBad Name: x\r\n\r\n").is_err());
-        let head = b"GET /orders/o/events?after=2 HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 7\r\n\r\n";
-        let request = request(head).unwrap();
+        let stream = |raw: &[u8]| match head(raw) {
+            Head::Stream(request) => Some(*request),
+            Head::Partial | Head::Other => None,
+        };
+        assert!(
+            stream(b"GET /o/events HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n").is_none()
+        );
+        assert!(stream(b"GET /o/events HTTP/1.1\r\nContent-Length: 0\r\n\r\n").is_some());
+        assert!(stream(b"GET /o/events HTTP/1.1\r\nBad Name: x\r\n\r\n").is_none());
+        assert!(matches!(
+            head(b"GET /o/events HTTP/1.1\r\nHost:"),
+            Head::Partial
+        ));
+        assert!(matches!(head(b"GET /o/status HTTP/1.1\r\n"), Head::Other));
+        let raw = b"GET /orders/o/events?after=2 HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 7\r\n\r\n";
+        let request = stream(raw).unwrap();
         assert_eq!(request.uri(), "/orders/o/events?after=2");
         assert_eq!(request.headers()["last-event-id"], "7");
+        let mut pipelined = raw.to_vec();
+        pipelined.extend_from_slice(b"GET /healthz HTTP/1.1\r\n\r\n");
+        assert!(stream(&pipelined).is_none());
     }
 }

@@ -20,6 +20,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::Body;
+use axum::http::Request;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -29,7 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::event_stream;
+use super::event_stream::{self, Head};
 
 /// hyper's minimum for `max_buf_size`, and the longest head read here.
 const MAX_BUF: usize = 8192;
@@ -95,9 +97,9 @@ async fn connection(
     };
     match read {
         First::Nothing => {}
-        First::Stream(head) => {
+        First::Stream(request) => {
             drop(watcher);
-            event_stream::serve(stream, head, router, stop).await;
+            event_stream::serve(stream, *request, router, stop).await;
         }
         First::Other(read) => {
             let io = TokioIo::new(Prefixed {
@@ -116,8 +118,8 @@ async fn connection(
 enum First {
     /// Closed before sending anything.
     Nothing,
-    /// The complete head of a request for a live stream.
-    Stream(Vec<u8>),
+    /// A live stream's request.
+    Stream(Box<Request<Body>>),
     /// Anything else: the bytes read so far, for hyper.
     Other(Vec<u8>),
 }
@@ -138,24 +140,10 @@ async fn first_head(stream: &mut TcpStream) -> io::Result<First> {
                 First::Other(read)
             });
         }
-        let Some(line_end) = read.windows(2).position(|w| w == b"\r\n") else {
-            continue;
-        };
-        if !event_stream::is_stream_request_line(&read[..line_end]) {
-            return Ok(First::Other(read));
-        }
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut request = httparse::Request::new(&mut headers);
-        match request.parse(&read) {
-            Ok(httparse::Status::Complete(len))
-                if len == read.len() && !event_stream::has_body(request.headers) =>
-            {
-                return Ok(First::Stream(read));
-            }
-            // A body, pipelined bytes after the head, or a head httparse
-            // refuses: hyper answers those.
-            Ok(httparse::Status::Complete(_)) | Err(_) => return Ok(First::Other(read)),
-            Ok(httparse::Status::Partial) => {}
+        match event_stream::head(&read) {
+            Head::Partial => {}
+            Head::Stream(request) => return Ok(First::Stream(request)),
+            Head::Other => return Ok(First::Other(read)),
         }
     }
 }
