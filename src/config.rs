@@ -334,8 +334,8 @@ pub struct Settings {
     /// A streaming replica the HTTP read routes use (`DATABASE_READ_URL`);
     /// `None`: the primary.
     pub database_read_url: Option<String>,
-    /// How long a read that must see a position (`?min_lsn=`) waits for the
-    /// replica to replay it before reading the primary.
+    /// How long a read that must see what its client has seen (`?min_lsn=`,
+    /// `?min_event=`) waits for the replica before reading the primary.
     pub read_min_lsn_wait: Duration,
     pub kafka_brokers: String,
     /// Extra librdkafka properties for every client (`KAFKA_CONFIG`, `k=v,k=v`

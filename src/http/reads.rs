@@ -35,7 +35,7 @@ const POLL: Duration = Duration::from_millis(5);
 
 #[derive(Clone)]
 pub struct Reads {
-    pub primary: PgPool,
+    primary: PgPool,
     replica: Option<PgPool>,
     /// Cleared when a read from the replica fails, set again when the
     /// replica answers (the lag task asks every 2 s): while it is down,

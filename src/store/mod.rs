@@ -38,14 +38,7 @@ pub(crate) fn older_than(retention: Duration) -> chrono::DateTime<chrono::Utc> {
 /// start makes `/readyz` fail rather than the process.
 pub fn pool(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(url).context("failed to parse DATABASE_URL")?;
-    Ok(PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        // No ping before each use: it doubled the round trips of a status
-        // read. A connection that died is found by the query itself, whose
-        // error is transient (the loops retry, HTTP answers 503 once).
-        .test_before_acquire(false)
-        .connect_lazy_with(options))
+    Ok(lazy_pool(options, max_connections))
 }
 
 /// A pool for the HTTP reads on a streaming replica (`DATABASE_READ_URL`),
@@ -54,11 +47,18 @@ pub fn read_pool(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(url)
         .context("failed to parse DATABASE_READ_URL")?
         .application_name("orderflow-read");
-    Ok(PgPoolOptions::new()
+    Ok(lazy_pool(options, max_connections))
+}
+
+fn lazy_pool(options: PgConnectOptions, max_connections: u32) -> PgPool {
+    PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
+        // No ping before each use: it doubled the round trips of a status
+        // read. A connection that died is found by the query itself, whose
+        // error is transient (the loops retry, HTTP answers 503 once).
         .test_before_acquire(false)
-        .connect_lazy_with(options))
+        .connect_lazy_with(options)
 }
 
 /// Creates the database named in `url` when it does not exist (connecting to
