@@ -53,15 +53,18 @@ async fn get(http: &reqwest::Client, url: &str) -> Reply {
     }
 }
 
-async fn scalar_f64(metrics_url: &str, http: &reqwest::Client, name: &str) -> f64 {
-    let page = http
-        .get(metrics_url)
+async fn metrics_page(http: &reqwest::Client, metrics_url: &str) -> String {
+    http.get(metrics_url)
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn scalar_f64(metrics_url: &str, http: &reqwest::Client, name: &str) -> f64 {
+    let page = metrics_page(http, metrics_url).await;
     let value = prom::samples(&page, name)
         .next()
         .map_or(f64::NAN, |(_, v)| v);
@@ -221,14 +224,7 @@ async fn reads_go_to_the_standby_and_min_lsn_never_reads_older_than_seen() {
         );
     }
     drop(live);
-    let page = http
-        .get(&metrics_url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = metrics_page(&http, &metrics_url).await;
     assert!(page.contains("orderflow_http_reads_total{source=\"replica\"}"));
     assert!(page.contains("orderflow_http_reads_total{source=\"primary\"}"));
 
