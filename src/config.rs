@@ -139,7 +139,12 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "OUTBOX_RETENTION_SECS",
         default: "86400",
-        help: "published outbox rows are deleted after this",
+        help: "rows an older version marked published are deleted after this (published rows are deleted at once)",
+    },
+    Variable {
+        name: "OUTBOX_SHARDS",
+        default: "16",
+        help: "outbox shards, each published by one relay at a time (1-256; the same on every instance)",
     },
     Variable {
         name: "DEDUPE_RETENTION",
@@ -358,6 +363,8 @@ pub struct Settings {
     pub outbox_poll_interval: Duration,
     pub outbox_batch_size: i64,
     pub outbox_retention: Duration,
+    /// Outbox shards (`OUTBOX_SHARDS`, 1..=256): the relays' unit of work.
+    pub outbox_shards: i32,
     /// How long the inbox remembers an applied event (`DEDUPE_RETENTION`);
     /// `None`: for ever.
     pub dedupe_retention: Option<Duration>,
@@ -475,6 +482,7 @@ impl std::fmt::Debug for Settings {
             )
             .field("instance_id", &self.instance_id)
             .field("relay_lease", &self.relay_lease)
+            .field("outbox_shards", &self.outbox_shards)
             .field("group_repair_after", &self.group_repair_after)
             .field("streams", &self.streams)
             .field("analytics", &self.analytics)
@@ -569,6 +577,7 @@ impl Settings {
             )?),
             outbox_batch_size: parse(&lookup, "OUTBOX_BATCH_SIZE", 1000)?,
             outbox_retention: Duration::from_secs(parse(&lookup, "OUTBOX_RETENTION_SECS", 86_400)?),
+            outbox_shards: parse(&lookup, "OUTBOX_SHARDS", 16)?,
             dedupe_retention: parse_retention("DEDUPE_RETENTION", &get("DEDUPE_RETENTION", "8d"))?,
             default_tax_rate_ppm: parse(&lookup, "DEFAULT_TAX_RATE_PPM", 0)?,
             statistics_interval: Duration::from_millis(parse(
@@ -662,6 +671,13 @@ impl Settings {
                 "RELAY_LEASE_SECS",
                 self.relay_lease.as_secs().to_string(),
                 "must be at least 2",
+            ));
+        }
+        if !(1..=256).contains(&self.outbox_shards) {
+            return Err(bad(
+                "OUTBOX_SHARDS",
+                self.outbox_shards.to_string(),
+                "must be between 1 and 256",
             ));
         }
         if self.outbox_batch_size < 1 {

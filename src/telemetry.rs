@@ -170,6 +170,7 @@ struct OutboxMetrics {
     outbox_backlog: IntGauge,
     oldest_unpublished_age: Gauge,
     relay_leader: IntGauge,
+    relay_shards: IntGauge,
     outbox_published: IntCounterVec,
     outbox_publish_latency: Histogram,
     outbox_publish_failures: IntCounter,
@@ -187,7 +188,11 @@ impl OutboxMetrics {
             )),
             relay_leader: r.gauge(
                 "relay_leader",
-                "1 while this instance holds the relay lease and publishes the outbox",
+                "1 while this instance holds at least one outbox shard's lease and publishes it",
+            ),
+            relay_shards: r.gauge(
+                "relay_shards",
+                "Outbox shards whose lease this instance holds (of OUTBOX_SHARDS)",
             ),
             outbox_published: r.counters(
                 "outbox_published_total",
@@ -207,7 +212,7 @@ impl OutboxMetrics {
             ),
             outbox_purged: r.counter(
                 "outbox_purged_total",
-                "Published outbox rows deleted after retention",
+                "Outbox rows marked published by an older version, deleted after OUTBOX_RETENTION_SECS",
             ),
             inbox_purged: r.counter(
                 "inbox_purged_total",
@@ -708,12 +713,14 @@ impl Metrics {
         }
     }
 
-    pub fn set_relay_leader(&self, leader: bool) {
-        self.outbox.relay_leader.set(i64::from(leader));
+    /// This relay holds `shards` outbox shards (leader while any).
+    pub fn set_relay_shards(&self, shards: usize) {
+        self.outbox.relay_leader.set(i64::from(shards > 0));
+        self.outbox.relay_shards.set(shards as i64);
     }
 
-    /// The outbox backlog as the relay leader counted it, with the age of
-    /// its oldest row; `(0, None)` on a standby (the leader reports).
+    /// The whole outbox's backlog as a publishing relay counted it, with the
+    /// age of its oldest row; `(0, None)` on a relay holding no shard.
     pub fn set_outbox_backlog(&self, rows: i64, oldest_age: Option<Duration>) {
         self.outbox.outbox_backlog.set(rows);
         *self

@@ -60,23 +60,9 @@ pub fn now(worker_pid: Option<i32>) -> CpuTimes {
         else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        let Some((comm, seconds)) = process(pid) else {
             continue;
         };
-        // pid (comm) state ... utime stime: fields 14 and 15, counted after
-        // the closing parenthesis (a comm may hold spaces).
-        let Some((head, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let comm = head.split_once('(').map_or("", |(_, c)| c);
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        let seconds = (ticks(11) + ticks(12)) / TICKS_PER_S;
         if Some(pid) == worker_pid {
             times.worker += seconds;
         } else if comm == "postgres" {
@@ -86,6 +72,31 @@ pub fn now(worker_pid: Option<i32>) -> CpuTimes {
         }
     }
     times
+}
+
+/// CPU seconds used so far by the processes `pids` together.
+pub fn processes(pids: &[i32]) -> f64 {
+    pids.iter()
+        .filter_map(|&pid| process(pid))
+        .map(|(_, s)| s)
+        .sum()
+}
+
+/// A process's name and CPU seconds so far.
+fn process(pid: i32) -> Option<(String, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ... utime stime: fields 14 and 15, counted after
+    // the closing parenthesis (a comm may hold spaces).
+    let (head, rest) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(').map_or("", |(_, c)| c).to_owned();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    Some((comm, (ticks(11) + ticks(12)) / TICKS_PER_S))
 }
 
 /// Busy CPU seconds of the whole machine (all but idle and iowait).

@@ -102,6 +102,9 @@ impl Bench {
             self.analytics(o, &mut report, &throughput_topics, order_events)
                 .await?;
         }
+        if o.relay_rows > 0 && !o.relay_instances.is_empty() {
+            report.relay = self.relay_scaling(o.relay_rows, &o.relay_instances).await?;
+        }
         Ok(report)
     }
 

@@ -14,6 +14,7 @@ mod cpu;
 mod harness;
 mod http_load;
 mod load;
+mod relay;
 mod report;
 mod streams;
 
@@ -77,6 +78,12 @@ pub struct Options {
     /// phase: rows, WAL and CPU per 1,000 events of each kind (0 skips it).
     #[arg(long, default_value_t = 5_000)]
     pub cost_events: u64,
+    /// Outbox rows each round of the relay phase publishes (0 skips it).
+    #[arg(long, default_value_t = 50_000)]
+    pub relay_rows: u64,
+    /// Relay processes in each round of the relay phase.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    pub relay_instances: Vec<usize>,
     /// Print the result as JSON as well.
     #[arg(long)]
     pub json: bool,

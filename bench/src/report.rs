@@ -71,6 +71,8 @@ pub struct Report {
     pub analytics_rebuild_s: f64,
     /// Rows, WAL and CPU per 1,000 events of each kind.
     pub cost: Vec<EventCost>,
+    /// The relay phase: 1, 2, 3… relays publishing a backlog.
+    pub relay: Vec<crate::relay::RelayRound>,
 }
 
 /// One route under closed-loop load: `connections` clients, each sending its
@@ -123,6 +125,15 @@ impl Report {
                     c.cpu.postgres,
                     c.cpu.broker,
                     c.cpu.machine
+                ),
+            )
+        }));
+        rows.extend(self.relay.iter().map(|r| {
+            (
+                format!("relay: {} instance(s), {} rows", r.instances, r.rows),
+                format!(
+                    "{:.0} rows/s; per instance (rows, shards) {:?}; CPU ms per 1,000 rows: relays {:.0}, PostgreSQL {:.0}, broker {:.0}, machine {:.0}",
+                    r.rows_per_s, r.per_instance, r.cpu.worker, r.cpu.postgres, r.cpu.broker, r.cpu.machine
                 ),
             )
         }));

@@ -2,16 +2,18 @@
 //! them and relayed to Kafka afterwards (see `workers::relay`). Every kind of
 //! record orderflow publishes is built here: order events and dead letters.
 //!
-//! Rows are published in `id` order. Rows of one order are written by
-//! transactions that serialise on that order's lock, so their ids follow
-//! commit order and the relay preserves each order's event sequence.
+//! Rows are published in `id` order within a shard, and deleted once
+//! published. Rows of one order are written by transactions that serialise
+//! on that order's lock, so their ids follow commit order; they share a slot
+//! (a hash of the key, `outbox_slot` in the database), hence a shard with a
+//! single publisher, which preserves each order's event sequence.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
-use super::leases::Lease;
+use super::leases::{self, Lease};
 use crate::events::{DeadLetter, OrderEvent};
 
 /// A record to publish.
@@ -118,6 +120,8 @@ pub struct PendingRecord {
     pub payload: Vec<u8>,
     pub headers: sqlx::types::Json<Vec<(String, String)>>,
     pub created_at: DateTime<Utc>,
+    /// `outbox_slot(key)`: the shard is `slot % OUTBOX_SHARDS`.
+    pub slot: i16,
 }
 
 impl PendingRecord {
@@ -126,38 +130,61 @@ impl PendingRecord {
     }
 }
 
-/// The oldest unpublished records, in id order.
-pub async fn pending(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<PendingRecord>> {
+/// The oldest unpublished records of `slots`, in id order.
+pub async fn pending(
+    conn: &mut PgConnection,
+    slots: &[i16],
+    limit: i64,
+) -> sqlx::Result<Vec<PendingRecord>> {
     sqlx::query_as(
-        "SELECT id, kind, topic, key, payload, headers, created_at FROM outbox
-         WHERE sent_at IS NULL ORDER BY id LIMIT $1",
+        "SELECT id, kind, topic, key, payload, headers, created_at, slot FROM outbox
+         WHERE sent_at IS NULL AND slot = ANY($1) ORDER BY id LIMIT $2",
     )
+    .bind(slots)
     .bind(limit)
     .fetch_all(conn)
     .await
 }
 
-/// Marks rows published, if `lease` is still held (owner, epoch, not
-/// expired) at the moment of the update; returns whether it was. A leader
-/// that lost its lease (it froze, the network dropped it) marks nothing:
-/// its rows are published again by the new leader, identically.
-pub async fn mark_sent(conn: &mut PgConnection, ids: &[i64], lease: &Lease) -> sqlx::Result<bool> {
-    let held: bool = sqlx::query_scalar(
+/// Deletes published rows, those of shards whose lease in `held` is still
+/// held (owner, epoch, not expired) at the moment of the delete, in one
+/// statement; returns the leases that were. Rows of a shard whose lease
+/// passed on stay: the new owner publishes them again, identically. This
+/// is the fence that keeps a relay that froze or lost the database from
+/// removing what it no longer owns.
+pub async fn delete_published(
+    conn: &mut PgConnection,
+    ids: &[i64],
+    held: &[Lease],
+    shards: i32,
+) -> sqlx::Result<Vec<Lease>> {
+    let Some(owner) = held.first().map(|l| l.owner.as_str()) else {
+        return Ok(Vec::new());
+    };
+    let (lease_shards, epochs) = leases::columns(held);
+    let still: Vec<i32> = sqlx::query_scalar(
         "WITH held AS (
-             SELECT 1 FROM relay_leases
-             WHERE shard = $2 AND owner = $3 AND epoch = $4 AND expires_at > clock_timestamp()),
-         marked AS (
-             UPDATE outbox SET sent_at = clock_timestamp()
-             WHERE id = ANY($1) AND EXISTS (SELECT 1 FROM held))
-         SELECT EXISTS (SELECT 1 FROM held)",
+             SELECT l.shard FROM relay_leases l
+             JOIN unnest($3::int[], $4::bigint[]) AS h(shard, epoch)
+               ON l.shard = h.shard AND l.epoch = h.epoch
+             WHERE l.owner = $2 AND l.shards = $5 AND l.expires_at > clock_timestamp()),
+         gone AS (
+             DELETE FROM outbox
+             WHERE id = ANY($1) AND slot % $5 IN (SELECT shard FROM held))
+         SELECT shard FROM held",
     )
     .bind(ids)
-    .bind(lease.shard)
-    .bind(&lease.owner)
-    .bind(lease.epoch)
-    .fetch_one(conn)
+    .bind(owner)
+    .bind(&lease_shards)
+    .bind(&epochs)
+    .bind(shards)
+    .fetch_all(conn)
     .await?;
-    Ok(held)
+    Ok(held
+        .iter()
+        .filter(|l| still.contains(&l.shard))
+        .cloned()
+        .collect())
 }
 
 /// Unpublished rows: how many, and the age of the oldest (lowest id) by the
@@ -174,7 +201,9 @@ pub async fn backlog(pool: &PgPool) -> sqlx::Result<(i64, Option<Duration>)> {
     Ok((rows, age.map(|s| Duration::from_secs_f64(s.max(0.0)))))
 }
 
-/// Deletes published rows older than `retention`, at most `limit` at a time.
+/// Deletes rows marked published (by a version before sharding, still
+/// running during a rolling upgrade) older than `retention`, at most `limit`
+/// at a time.
 pub async fn purge(pool: &PgPool, retention: Duration, limit: i64) -> sqlx::Result<u64> {
     let cutoff = super::older_than(retention);
     Ok(sqlx::query(

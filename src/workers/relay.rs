@@ -1,27 +1,34 @@
-//! The outbox relay: publishes committed outbox rows to Kafka, in id order,
-//! then marks them sent; purges sent rows after `OUTBOX_RETENTION_SECS`, and
-//! (one writer per database being a good place for it) the order feed past
+//! The outbox relay: publishes committed outbox rows to Kafka, shard by
+//! shard in id order, then deletes them; and, on the instance holding shard
+//! 0, the housekeeping one writer per database is enough for: rows an older
+//! version marked sent (`OUTBOX_RETENTION_SECS`), the order feed past
 //! `FEED_RETENTION_SECS` and the inbox past `DEDUPE_RETENTION`.
 //!
-//! Exactly one relay publishes per database at a time, the holder of a lease
-//! (`store::leases`, `RELAY_LEASE_SECS`); the other instances stand by and
-//! take it over once it expires. One publisher is what keeps an order's
-//! events in the order they were committed, across instances and restarts.
+//! The outbox has `OUTBOX_SHARDS` shards (an order's rows all fall in one,
+//! `store::outbox`), each published by the holder of its lease
+//! (`store::leases`, `RELAY_LEASE_SECS`). Every relay heartbeats as a member
+//! and holds its fair share, the shard count divided by the live relays and
+//! rounded up: it takes free or expired shards up to that share and releases
+//! those above it, so shards spread over the instances as they join, and the
+//! shards of a relay that died are taken over once its lease expires. One
+//! publisher per shard is what keeps an order's events in commit order,
+//! across instances and restarts.
 //!
-//! Fencing: the leader renews its lease long before it expires and checks it
-//! before every round; marking rows sent requires the lease (owner, epoch,
-//! unexpired) in the same statement. A leader that froze (SIGSTOP, a long GC
-//! pause, a partition from the database) and woke after its lease passed on
-//! marks nothing and steps down. What it may still deliver is what librdkafka
-//! held for it when it froze: rows the new leader publishes too, identical
-//! and in the same order, so consumers that dedupe by `event_id` see each
-//! order's events once and in order. A PostgreSQL session held open by a
-//! frozen process no longer blocks anyone, as the advisory lock used to.
+//! Fencing: a relay renews its leases every third of the lease and stops
+//! enqueueing once half of it has passed since the last renewal (a process
+//! that froze wakes up past that and renews, or learns it lost the shards,
+//! before it publishes anything); deleting published rows requires the
+//! lease (owner, epoch, unexpired) in the same statement. Every record
+//! carries the shard and epoch it was published under (headers
+//! `relay_shard`, `relay_epoch`). What a frozen relay may still deliver is
+//! what librdkafka held for it when it froze: rows the new owner publishes
+//! too, identical, so consumers that dedupe by `event_id` see each order's
+//! events once and in order.
 //!
 //! Delivery on `order-events` is at-least-once: a crash between publishing
-//! and marking sent republishes the tail of a batch, in the same order.
-//! Records are enqueued in id order and only the prefix up to the first
-//! failed delivery is marked sent.
+//! and deleting republishes the tail of a round, in the same order. Records
+//! are enqueued in id order and only the prefix up to the first failed
+//! delivery is deleted.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,9 +51,6 @@ use crate::store::outbox::{self, PendingRecord};
 use crate::telemetry::Metrics;
 
 const PURGE_EVERY: Duration = Duration::from_secs(60);
-
-/// The outbox is one shard today (scale-out will split it).
-const SHARD: i32 = 0;
 const BACKLOG_EVERY: Duration = Duration::from_secs(2);
 
 /// Retries after a failed round (database or broker trouble): 200 ms doubling
@@ -62,15 +66,53 @@ pub struct Relay {
     pub wakeup: Arc<Notify>,
 }
 
+/// The shards a relay holds, and when it last knew them to be its own.
+struct Held {
+    leases: Vec<Lease>,
+    /// The slots the leases cover (`outbox.slot`).
+    slots: Vec<i16>,
+    /// Taken before the last renewal was sent: the leases last at least
+    /// `RELAY_LEASE_SECS` from here, by any clock.
+    renewed: Instant,
+}
+
+impl Held {
+    fn set(&mut self, mut leases: Vec<Lease>, shards: i32) {
+        leases.sort_by_key(|l| l.shard);
+        self.slots = leases
+            .iter()
+            .flat_map(|l| leases::slots_of(l.shard, shards))
+            .collect();
+        self.leases = leases;
+    }
+
+    fn shard_numbers(&self) -> Vec<i32> {
+        self.leases.iter().map(|l| l.shard).collect()
+    }
+
+    fn epoch_of(&self, shard: i32) -> i64 {
+        self.leases
+            .iter()
+            .find(|l| l.shard == shard)
+            .map_or(0, |l| l.epoch)
+    }
+}
+
 impl Relay {
     /// Runs until `shutdown`. Database or broker trouble is retried with
     /// backoff; it never ends the process.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {
-            match self.lead(&shutdown).await {
+            let started = Instant::now();
+            match self.serve(&shutdown).await {
                 Ok(()) => failures = 0,
                 Err(e) => {
+                    // A relay that served for a while starts its backoff
+                    // over: failures a day apart are not a streak.
+                    if started.elapsed() > Duration::from_secs(60) {
+                        failures = 0;
+                    }
                     failures += 1;
                     self.metrics.outbox_publish_failed(&e);
                     let wait = RETRY.delay(failures);
@@ -81,66 +123,105 @@ impl Relay {
                 }
             }
         }
+        let _ = leases::leave(&self.pool, &self.settings.instance_id).await;
         Ok(())
     }
 
-    /// Takes the lease (or waits for it), then publishes until shutdown,
-    /// an error, or the lease is lost.
-    async fn lead(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    /// Holds a fair share of the shards and publishes them until shutdown
+    /// or an error.
+    async fn serve(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let mut conn = PgConnection::connect(&self.settings.database_url)
             .await
             .context("failed to connect the relay to PostgreSQL")?;
-        let ttl = self.settings.relay_lease;
-        let lease = loop {
-            let taken = leases::try_take(&mut conn, SHARD, &self.settings.instance_id, ttl)
-                .await
-                .context("failed to try the relay lease")?;
-            if let Some(lease) = taken {
-                break lease;
-            }
-            // A standby: the leader reports the backlog.
-            self.metrics.set_outbox_backlog(0, None);
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(self.settings.outbox_poll_interval * 5) => {}
-            }
-        };
-        info!(epoch = lease.epoch, "outbox relay is the leader");
-        self.metrics.set_relay_leader(true);
+        // Leases of an earlier round of this process are forgotten: free
+        // them for whoever takes them next (this relay, a moment later).
+        leases::release_all(&mut conn, &self.settings.instance_id)
+            .await
+            .context("failed to release the relay's earlier leases")?;
         let producer: FutureProducer = crate::kafka::producer_config(&self.settings)
             .create()
             .context("failed to create Kafka producer")?;
+        let mut held = Held {
+            leases: Vec::new(),
+            slots: Vec::new(),
+            renewed: Instant::now(),
+        };
         let result = self
-            .publish_loop(&mut conn, &producer, &lease, shutdown)
+            .publish_loop(&mut conn, &producer, &mut held, shutdown)
             .await;
-        self.metrics.set_relay_leader(false);
+        self.metrics.set_relay_shards(0);
         if result.is_ok() {
-            // Stepped down: another instance reports the backlog now. After
-            // a failure the last count stays (the relay retries, and an
-            // outage must keep OrderflowOutboxStalled armed).
+            // Other relays report the backlog now. After a failure the last
+            // count stays (the relay retries, and an outage must keep
+            // OrderflowOutboxStalled armed).
             self.metrics.set_outbox_backlog(0, None);
         }
-        // Whatever librdkafka still holds was never marked sent; it will be
-        // published again by the next leader, so a short flush is enough.
+        // Whatever librdkafka still holds was never deleted; it will be
+        // published again by the shards' next owner, so a short flush is
+        // enough.
         let _ = producer.flush(Timeout::After(Duration::from_secs(5)));
         if shutdown.is_cancelled() {
-            // Hand over at once rather than after the lease runs out.
-            let _ = leases::release(&self.pool, &lease).await;
+            // Hand over at once rather than after the leases run out.
+            let _ = leases::release(&mut conn, &held.leases).await;
         }
         let _ = conn.close().await;
         result
+    }
+
+    /// Renews the leases held, reports this relay as live, and takes or
+    /// releases shards to hold its fair share.
+    async fn balance(&self, conn: &mut PgConnection, held: &mut Held) -> anyhow::Result<()> {
+        let me = &self.settings.instance_id;
+        let ttl = self.settings.relay_lease;
+        let shards = self.settings.outbox_shards;
+        let before = held.shard_numbers();
+        let started = Instant::now();
+        let mut leases = leases::renew(conn, &held.leases, ttl)
+            .await
+            .context("failed to renew the relay leases")?;
+        if leases.len() < held.leases.len() {
+            let kept: Vec<i32> = leases.iter().map(|l| l.shard).collect();
+            warn!(held = ?before, ?kept, "relay leases passed on; publishing the rest");
+        }
+        let live = leases::heartbeat(conn, me, ttl)
+            .await
+            .context("failed to report the relay as live")?;
+        let share = leases::fair_share(shards, live) as usize;
+        if leases.len() < share {
+            let want = (share - leases.len()) as i64;
+            let taken = leases::take(conn, me, shards, want, ttl)
+                .await
+                .context("failed to take relay leases")?;
+            leases.extend(taken);
+        } else if leases.len() > share {
+            leases.sort_by_key(|l| l.shard);
+            let excess = leases.split_off(share);
+            leases::release(conn, &excess)
+                .await
+                .context("failed to release relay leases")?;
+        }
+        held.set(leases, shards);
+        held.renewed = started;
+        let after = held.shard_numbers();
+        if after != before {
+            let epochs: Vec<i64> = held.leases.iter().map(|l| l.epoch).collect();
+            info!(shards = ?after, ?epochs, live, "outbox shards this relay publishes");
+        }
+        self.metrics.set_relay_shards(held.leases.len());
+        Ok(())
     }
 
     async fn publish_loop(
         &self,
         conn: &mut PgConnection,
         producer: &FutureProducer,
-        lease: &Lease,
+        held: &mut Held,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
+        let tick = self.settings.relay_lease / 3;
         let mut last_purge = Instant::now();
         let mut last_backlog = Instant::now() - BACKLOG_EVERY;
-        let mut renewed = Instant::now();
+        let mut last_balance: Option<Instant> = None;
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
@@ -148,19 +229,24 @@ impl Relay {
             if let Some(fatal) = producer.client().fatal_error() {
                 anyhow::bail!("Kafka producer hit a fatal error: {fatal:?}");
             }
-            // Renew at a third of the lease, so two failed renewals still
-            // leave time; a process that froze past that renews (or finds
-            // the lease gone) before it publishes anything.
-            if renewed.elapsed() >= self.settings.relay_lease / 3 {
-                if !leases::renew(conn, lease, self.settings.relay_lease)
-                    .await
-                    .context("failed to renew the relay lease")?
-                {
-                    warn!(epoch = lease.epoch, "lost the relay lease; standing by");
-                    return Ok(());
-                }
-                renewed = Instant::now();
+            // At a third of the lease, so two failed renewals still leave
+            // time; a process that froze past that renews (or finds the
+            // leases gone) before it publishes anything.
+            if last_balance.is_none_or(|at| at.elapsed() >= tick) {
+                self.balance(conn, held).await?;
+                last_balance = Some(Instant::now());
             }
+            if held.leases.is_empty() {
+                // A relay holding no shard: the others report the backlog.
+                self.metrics.set_outbox_backlog(0, None);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(tick) => {}
+                }
+                continue;
+            }
+            // Every publishing relay reports the whole outbox (the alerts
+            // take the max): shards nobody holds still count.
             if last_backlog.elapsed() >= BACKLOG_EVERY {
                 let (rows, oldest) = outbox::backlog(&self.pool)
                     .await
@@ -168,33 +254,14 @@ impl Relay {
                 self.metrics.set_outbox_backlog(rows, oldest);
                 last_backlog = Instant::now();
             }
-            if last_purge.elapsed() >= PURGE_EVERY {
-                let purged = outbox::purge(&self.pool, self.settings.outbox_retention, 10_000)
-                    .await
-                    .context("failed to purge the outbox")?;
-                self.metrics.outbox_purged(purged);
-                // The relay leader is one writer per database: a good place
-                // for the order feed's retention too.
-                let purged = crate::store::feed::purge(
-                    &self.pool,
-                    self.settings.streams.feed_retention,
-                    10_000,
-                )
-                .await
-                .context("failed to purge the order feed")?;
-                if purged > 0 {
-                    debug!(rows = purged, "purged old order feed rows");
-                }
-                if let Some(retention) = self.settings.dedupe_retention {
-                    self.purge_inbox(retention).await?;
-                }
+            if held.leases[0].shard == 0 && last_purge.elapsed() >= PURGE_EVERY {
+                self.housekeeping().await?;
                 last_purge = Instant::now();
             }
-            let rows = outbox::pending(conn, self.settings.outbox_batch_size)
+            let rows = outbox::pending(conn, &held.slots, self.settings.outbox_batch_size)
                 .await
                 .context("failed to read the outbox")?;
             if rows.is_empty() {
-                self.metrics.set_outbox_backlog(0, None);
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = self.wakeup.notified() => {}
@@ -204,23 +271,35 @@ impl Relay {
             }
             let span = tracing::info_span!(
                 "relay_round",
-                epoch = lease.epoch,
+                shards = held.leases.len(),
                 rows = rows.len(),
                 first_id = rows[0].id,
                 last_id = rows[rows.len() - 1].id
             );
-            if !self
-                .publish_round(conn, producer, lease, rows)
+            self.publish_round(conn, producer, held, rows)
                 .instrument(span)
-                .await?
-            {
-                warn!(
-                    epoch = lease.epoch,
-                    "the relay lease passed on while publishing; standing by"
-                );
-                return Ok(());
-            }
+                .await?;
         }
+    }
+
+    /// Purges what one writer per database is enough for: rows an older
+    /// version marked sent, the order feed, the inbox.
+    async fn housekeeping(&self) -> anyhow::Result<()> {
+        let purged = outbox::purge(&self.pool, self.settings.outbox_retention, 10_000)
+            .await
+            .context("failed to purge the outbox")?;
+        self.metrics.outbox_purged(purged);
+        let purged =
+            crate::store::feed::purge(&self.pool, self.settings.streams.feed_retention, 10_000)
+                .await
+                .context("failed to purge the order feed")?;
+        if purged > 0 {
+            debug!(rows = purged, "purged old order feed rows");
+        }
+        if let Some(retention) = self.settings.dedupe_retention {
+            self.purge_inbox(retention).await?;
+        }
+        Ok(())
     }
 
     /// Deletes inbox rows past `retention` in batches, for at most a few
@@ -239,15 +318,15 @@ impl Relay {
         }
     }
 
-    /// Publishes `rows` in id order and marks the delivered prefix sent.
-    /// Returns `false` when the lease was lost (nothing marked).
+    /// Publishes `rows` in id order and deletes the delivered prefix, for
+    /// the shards still held; drops the shards found lost.
     async fn publish_round(
         &self,
         conn: &mut PgConnection,
         producer: &FutureProducer,
-        lease: &Lease,
+        held: &mut Held,
         mut rows: Vec<PendingRecord>,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<()> {
         if self.codec.avro_enabled() {
             for row in rows.iter_mut().filter(|r| r.is_order_event()) {
                 row.payload = self
@@ -256,14 +335,30 @@ impl Relay {
                     .await?;
             }
         }
-        let (sent, failure) = publish_in_order(producer, &rows).await;
+        let shards = self.settings.outbox_shards;
+        let stamps: Vec<(i32, i64)> = rows
+            .iter()
+            .map(|r| {
+                let shard = i32::from(r.slot) % shards;
+                (shard, held.epoch_of(shard))
+            })
+            .collect();
+        // Past half the lease since the last renewal (a freeze, a slow
+        // round), enqueue nothing more: renew first.
+        let deadline = held.renewed + self.settings.relay_lease / 2;
+        let (sent, failure) = publish_in_order(producer, &rows, &stamps, deadline).await;
         if !sent.is_empty() {
             let ids: Vec<i64> = sent.iter().map(|r| r.id).collect();
-            let held = outbox::mark_sent(conn, &ids, lease)
+            let still = outbox::delete_published(conn, &ids, &held.leases, shards)
                 .await
-                .context("failed to mark outbox rows sent")?;
-            if !held {
-                return Ok(false);
+                .context("failed to delete published outbox rows")?;
+            if still.len() < held.leases.len() {
+                warn!(
+                    held = ?held.shard_numbers(),
+                    kept = ?still.iter().map(|l| l.shard).collect::<Vec<_>>(),
+                    "relay leases passed on while publishing; their rows stay for the new owner"
+                );
+                held.set(still, shards);
             }
             let now = Utc::now();
             for row in sent {
@@ -275,28 +370,44 @@ impl Relay {
         }
         match failure {
             Some(e) => Err(e),
-            None => Ok(true),
+            None => Ok(()),
         }
     }
 }
 
-/// Enqueues every row in order, then awaits the deliveries. Returns the rows
-/// delivered before the first failure, and that failure.
+/// Enqueues rows in order until `deadline`, each stamped with its (shard,
+/// epoch), then awaits the deliveries. Returns the rows delivered before the
+/// first failure (or the deadline), and that failure.
 async fn publish_in_order<'r>(
     producer: &FutureProducer,
     rows: &'r [PendingRecord],
+    stamps: &[(i32, i64)],
+    deadline: Instant,
 ) -> (&'r [PendingRecord], Option<anyhow::Error>) {
     let mut deliveries: Vec<DeliveryFuture> = Vec::with_capacity(rows.len());
     let mut failure = None;
-    'rows: for row in rows {
+    'rows: for (row, (shard, epoch)) in rows.iter().zip(stamps) {
+        let (shard, epoch) = (shard.to_string(), epoch.to_string());
         loop {
-            let mut headers = OwnedHeaders::new_with_capacity(row.headers.len());
+            if Instant::now() >= deadline {
+                break 'rows;
+            }
+            let mut headers = OwnedHeaders::new_with_capacity(row.headers.len() + 2);
             for (k, v) in row.headers.iter() {
                 headers = headers.insert(Header {
                     key: k,
                     value: Some(v.as_bytes()),
                 });
             }
+            headers = headers
+                .insert(Header {
+                    key: "relay_shard",
+                    value: Some(shard.as_bytes()),
+                })
+                .insert(Header {
+                    key: "relay_epoch",
+                    value: Some(epoch.as_bytes()),
+                });
             let mut record = FutureRecord::<[u8], [u8]>::to(&row.topic)
                 .payload(&row.payload)
                 .headers(headers);

@@ -192,21 +192,18 @@ impl TestEnv {
         .await;
     }
 
-    /// The published order events of `order_id`, as (event_type, json), in
-    /// outbox (commit) order.
+    /// The order events of `order_id`, as (event_type, json), in commit
+    /// order: from the order feed, which holds each event as published.
     pub async fn events_of(&self, order_id: &str) -> Vec<(String, serde_json::Value)> {
-        let rows: Vec<(Vec<u8>,)> =
-            sqlx::query_as("SELECT payload FROM outbox WHERE key = $1 AND topic = $2 ORDER BY id")
-                .bind(order_id.as_bytes())
-                .bind(&self.settings.topics.order_events)
-                .fetch_all(&self.pool)
-                .await
-                .unwrap();
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT event_type, body::text FROM order_feed WHERE order_id = $1 ORDER BY seq",
+        )
+        .bind(order_id)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap();
         rows.into_iter()
-            .map(|(p,)| {
-                let v: serde_json::Value = serde_json::from_slice(&p).unwrap();
-                (v["event_type"].as_str().unwrap().to_owned(), v)
-            })
+            .map(|(event_type, body)| (event_type, serde_json::from_str(&body).unwrap()))
             .collect()
     }
 

@@ -79,8 +79,7 @@ async fn a_killed_worker_redelivers_on_restart_without_double_effects() {
             .await;
     }
     env.wait_count("SELECT count(*) FROM orders", orders).await;
-    env.wait_count("SELECT count(*) FROM outbox WHERE sent_at IS NULL", 0)
-        .await;
+    env.wait_count("SELECT count(*) FROM outbox", 0).await;
     first.kill().await;
 
     let second = Worker::spawn(&env.settings, GROUP).await;
@@ -97,14 +96,13 @@ async fn a_killed_worker_redelivers_on_restart_without_double_effects() {
         env.count("SELECT count(*) FROM order_status_history").await,
         orders
     );
-    assert_eq!(env.count("SELECT count(*) FROM outbox").await, orders);
+    assert_eq!(env.count("SELECT count(*) FROM order_feed").await, orders);
 
     // The restarted worker carries on with new work.
     env.produce_checkout(&checkout("k-after", 9999, 1)).await;
     env.wait_count("SELECT count(*) FROM orders", orders + 1)
         .await;
-    env.wait_count("SELECT count(*) FROM outbox WHERE sent_at IS NULL", 0)
-        .await;
+    env.wait_count("SELECT count(*) FROM outbox", 0).await;
 
     // Each order announced once: a republished record is the same record.
     let records = env
@@ -236,32 +234,70 @@ async fn a_failed_component_makes_the_process_exit_non_zero() {
     assert_eq!(status.code(), Some(1), "{status:?}");
 }
 
-/// The relay lease: one holder at a time; a holder takes its own lease back
-/// at once under a new epoch (a relay retrying after a failed round); others
-/// get it only once it expired; a superseded epoch can renew nothing.
+/// Relay leases: one holder per shard; another relay gets a shard only once
+/// it expired or was released, under a higher epoch; a superseded epoch
+/// renews nothing and deletes nothing; a relay configured with another
+/// shard count takes nothing while a lease of the old count lives.
 #[tokio::test]
-async fn the_relay_lease_has_one_holder_and_fences_old_epochs() {
-    use orderflow::store::leases::{renew, try_take};
+async fn relay_leases_have_one_holder_per_shard_and_fence_old_epochs() {
+    use orderflow::store::leases::{release, renew, take, Lease};
+    use orderflow::store::outbox::delete_published;
     let env = TestEnv::new().await;
     let mut conn = env.pool.acquire().await.unwrap();
     let ttl = Duration::from_secs(2);
-    let first = try_take(&mut conn, 7, "a", ttl)
-        .await
-        .unwrap()
-        .expect("free");
-    assert!(try_take(&mut conn, 7, "b", ttl).await.unwrap().is_none());
-    let again = try_take(&mut conn, 7, "a", ttl)
-        .await
-        .unwrap()
-        .expect("own");
-    assert!(again.epoch > first.epoch);
-    assert!(!renew(&mut conn, &first, ttl).await.unwrap(), "old epoch");
-    assert!(renew(&mut conn, &again, ttl).await.unwrap());
+    let shards_of = |leases: &[Lease]| leases.iter().map(|l| l.shard).collect::<Vec<_>>();
+
+    let a = take(&mut conn, "a", 4, 3, ttl).await.unwrap();
+    assert_eq!(shards_of(&a), [0, 1, 2]);
+    let b = take(&mut conn, "b", 4, 3, ttl).await.unwrap();
+    assert_eq!(shards_of(&b), [3], "only shard 3 is free");
+    assert!(
+        take(&mut conn, "c", 8, 8, ttl).await.unwrap().is_empty(),
+        "another shard count waits for the live leases"
+    );
+
+    release(&mut conn, &a[2..]).await.unwrap();
+    let b2 = take(&mut conn, "b", 4, 1, ttl).await.unwrap();
+    assert_eq!(shards_of(&b2), [2]);
+    assert!(b2[0].epoch > a[2].epoch);
+    assert_eq!(
+        shards_of(&renew(&mut conn, &a, ttl).await.unwrap()),
+        [0, 1],
+        "shard 2 passed on"
+    );
+
+    // The fence: rows of a shard are deleted only by its current holder.
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO outbox (topic, key, payload)
+         SELECT 't', convert_to('order-' || n, 'UTF8'), 'x' FROM generate_series(1, 200) n
+         RETURNING id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let of_shard = |shard: i32| format!("SELECT count(*) FROM outbox WHERE slot % 4 = {shard}");
+    let in_two = env.count(&of_shard(2)).await;
+    assert!(in_two > 0 && in_two < 200, "{in_two} rows in shard 2");
+    let kept = delete_published(&mut conn, &ids, &a, 4).await.unwrap();
+    assert_eq!(shards_of(&kept), [0, 1], "a no longer holds shard 2");
+    assert_eq!(env.count(&of_shard(0)).await, 0);
+    assert_eq!(env.count(&of_shard(2)).await, in_two, "not a's to delete");
+    let kept = delete_published(&mut conn, &ids, &b2, 4).await.unwrap();
+    assert_eq!(shards_of(&kept), [2]);
+    assert_eq!(env.count(&of_shard(2)).await, 0);
+
     tokio::time::sleep(Duration::from_millis(2_200)).await;
-    let taken = try_take(&mut conn, 7, "b", ttl)
+    let b3 = take(&mut conn, "b", 4, 4, ttl).await.unwrap();
+    assert_eq!(shards_of(&b3), [0, 1, 2, 3], "all expired");
+    assert!(b3[0].epoch > a[0].epoch);
+    assert!(renew(&mut conn, &a, ttl).await.unwrap().is_empty());
+    assert!(delete_published(&mut conn, &ids, &a, 4)
         .await
         .unwrap()
-        .expect("expired");
-    assert!(taken.epoch > again.epoch);
-    assert!(!renew(&mut conn, &again, ttl).await.unwrap(), "passed on");
+        .is_empty());
+    assert!(env.count(&of_shard(3)).await > 0, "a deleted nothing");
+
+    release(&mut conn, &b3).await.unwrap();
+    let c = take(&mut conn, "c", 8, 8, ttl).await.unwrap();
+    assert_eq!(shards_of(&c), (0..8).collect::<Vec<_>>());
 }

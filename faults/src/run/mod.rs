@@ -362,6 +362,11 @@ impl Run {
         }
     }
 
+    /// `OUTBOX_SHARDS` of the workers.
+    pub fn outbox_shards(&self) -> u32 {
+        self.settings().outbox_shards as u32
+    }
+
     pub fn worker(&self, slot: usize) -> anyhow::Result<&Worker> {
         self.workers[slot]
             .worker

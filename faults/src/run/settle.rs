@@ -127,7 +127,7 @@ impl Run {
             self.scrape().await;
             let quiet: Option<(i64, i64, i64)> = sqlx::query_as(
                 "SELECT (SELECT count(*) FROM processed_events),
-                        (SELECT count(*) FROM outbox WHERE sent_at IS NULL),
+                        (SELECT count(*) FROM outbox),
                         (SELECT count(*) FROM parked_events)",
             )
             .fetch_one(&self.pool)

@@ -36,12 +36,12 @@ pub const ALL: &[(&str, &str, Scenario)] = &[
     ),
     (
         "relay-kill",
-        "the relay leader SIGKILLed mid-publish",
+        "the relay holding the most outbox shards SIGKILLed mid-publish",
         |o| Box::pin(processes::relay_kill(o)),
     ),
     (
         "relay-freeze",
-        "the relay leader frozen (SIGSTOP) for 40 s, then woken",
+        "3 relays share the shards; the busiest frozen (SIGSTOP) for 40 s, then woken",
         |o| Box::pin(processes::relay_freeze(o)),
     ),
     (

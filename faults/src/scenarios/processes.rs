@@ -57,34 +57,37 @@ pub async fn rebalance(opts: &Options) -> anyhow::Result<Outcome> {
     run.finish().await
 }
 
-/// The slot whose worker holds the relay lease.
-async fn relay_leader(run: &Run) -> anyhow::Result<Option<usize>> {
+/// Outbox shards each live worker's relay holds (`orderflow_relay_shards`).
+async fn relay_shards(run: &Run) -> Vec<(usize, u32)> {
+    let mut held = Vec::new();
     for (slot, s) in run.workers.iter().enumerate() {
         if let Some(worker) = &s.worker {
             let page = worker.metrics_page().await.unwrap_or_default();
-            if page.lines().any(|l| l.trim() == "orderflow_relay_leader 1") {
-                return Ok(Some(slot));
-            }
+            let shards = page
+                .lines()
+                .find_map(|l| l.strip_prefix("orderflow_relay_shards "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            held.push((slot, shards));
         }
     }
-    Ok(None)
+    held
 }
 
-async fn wait_for_leader(
-    run: &Run,
-    not: Option<usize>,
-    within: Duration,
-) -> anyhow::Result<(usize, Duration)> {
+/// Once every shard is held, the worker holding the most of them and the
+/// shard count.
+async fn busiest_relay(run: &Run, within: Duration) -> anyhow::Result<(usize, u32)> {
     let since = Instant::now();
     loop {
-        if let Some(slot) = relay_leader(run).await? {
-            if Some(slot) != not {
-                return Ok((slot, since.elapsed()));
-            }
+        let held = relay_shards(run).await;
+        let total: u32 = held.iter().map(|(_, n)| n).sum();
+        if total == run.outbox_shards() {
+            let (slot, _) = held.into_iter().max_by_key(|(_, n)| *n).expect("workers");
+            return Ok((slot, total));
         }
         if since.elapsed() > within {
             bail!(
-                "no relay leader (other than worker {not:?}) within {} s",
+                "the relays held {total} shards after {} s",
                 within.as_secs()
             );
         }
@@ -92,9 +95,54 @@ async fn wait_for_leader(
     }
 }
 
-/// Scenario 5: The relay leader SIGKILLed mid-publish: a standby takes the lease
-/// once it expires, and every outbox row still reaches `order-events` in
-/// each order's order.
+/// Waits until every shard is held and each relay holds between 25 % and
+/// 45 % of them; returns the shares.
+async fn balanced(run: &Run, within: Duration) -> anyhow::Result<Vec<(usize, u32)>> {
+    let since = Instant::now();
+    let total = run.outbox_shards();
+    loop {
+        let held = relay_shards(run).await;
+        let sum: u32 = held.iter().map(|(_, n)| n).sum();
+        let fair = |n: u32| (25..=45).contains(&(n * 100 / total));
+        if sum == total && held.iter().all(|(_, n)| fair(*n)) {
+            return Ok(held);
+        }
+        if since.elapsed() > within {
+            bail!(
+                "shards per relay {held:?} of {total}: not each 25-45 % after {} s",
+                within.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// How long until the workers other than `not` hold every shard.
+async fn taken_over(run: &Run, not: usize, within: Duration) -> anyhow::Result<Duration> {
+    let since = Instant::now();
+    loop {
+        let others: u32 = relay_shards(run)
+            .await
+            .into_iter()
+            .filter(|(slot, _)| *slot != not)
+            .map(|(_, n)| n)
+            .sum();
+        if others == run.outbox_shards() {
+            return Ok(since.elapsed());
+        }
+        if since.elapsed() > within {
+            bail!(
+                "the other relays held {others} shards {} s after the fault",
+                within.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Scenario 5: The relay holding the most outbox shards SIGKILLed
+/// mid-publish: the others take its shards once their leases expire, and
+/// every outbox row still reaches `order-events` in each order's order.
 pub async fn relay_kill(opts: &Options) -> anyhow::Result<Outcome> {
     let spec = Spec {
         workers: 2,
@@ -103,11 +151,11 @@ pub async fn relay_kill(opts: &Options) -> anyhow::Result<Outcome> {
     let mut run = Run::start(opts, "relay-kill", spec).await?;
     run.produce(None);
     run.wait_sent(0.5).await?;
-    let (leader, _) = wait_for_leader(&run, None, Duration::from_secs(30)).await?;
+    let (leader, _) = busiest_relay(&run, Duration::from_secs(30)).await?;
     run.kill(leader).await?;
-    let (_, took) = wait_for_leader(&run, Some(leader), Duration::from_secs(60)).await?;
+    let took = taken_over(&run, leader, Duration::from_secs(60)).await?;
     run.notes.push(format!(
-        "a standby took over the outbox {:.1} s after the kill",
+        "the other relay held all shards {:.1} s after the kill",
         took.as_secs_f64()
     ));
     run.restart(leader).await?;
@@ -115,23 +163,28 @@ pub async fn relay_kill(opts: &Options) -> anyhow::Result<Outcome> {
     run.finish().await
 }
 
-/// Scenario 6: A frozen relay leader (SIGSTOP): its session stays open, yet a
-/// standby must take over within 30 s; woken (SIGCONT), it must publish
-/// nothing out of order.
+/// Scenario 6: Three relays share the outbox shards, each holding 25–45 %
+/// of them; the one holding the most is frozen (SIGSTOP): its session stays
+/// open, yet the others must take its shards within 30 s; woken (SIGCONT),
+/// it must publish nothing under the leases it lost (the oracle's fencing
+/// check) and nothing out of order.
 pub async fn relay_freeze(opts: &Options) -> anyhow::Result<Outcome> {
     let spec = Spec {
-        workers: 2,
+        workers: 3,
         ..Spec::default()
     };
     let mut run = Run::start(opts, "relay-freeze", spec).await?;
     run.produce(None);
+    let shares = balanced(&run, Duration::from_secs(30)).await?;
+    run.notes
+        .push(format!("shards per relay before the freeze: {shares:?}"));
     run.wait_sent(0.4).await?;
-    let (leader, _) = wait_for_leader(&run, None, Duration::from_secs(30)).await?;
+    let (leader, _) = busiest_relay(&run, Duration::from_secs(30)).await?;
     run.signal(leader, Signal::SIGSTOP)?;
     let frozen = Instant::now();
-    let (_, took) = wait_for_leader(&run, Some(leader), Duration::from_secs(30)).await?;
+    let took = taken_over(&run, leader, Duration::from_secs(30)).await?;
     run.notes.push(format!(
-        "a standby took over the outbox {:.1} s after the freeze",
+        "the other relay held all shards {:.1} s after the freeze",
         took.as_secs_f64()
     ));
     let hold = opts.scaled(Duration::from_secs(40));
