@@ -306,7 +306,7 @@ impl Bench {
 }
 /// `$1` orders, ids `pre-<n>`, created over the last 90 days in three
 /// currencies, two lines each; 60 % paid within ten minutes.
-const PRELOAD: [&str; 3] = [
+const PRELOAD: [&str; 2] = [
     "INSERT INTO orders (order_id, cart_id, user_id, status, currency, subtotal_minor, tax_minor,
          tax_rate_ppm, shipping_minor, total_minor, item_count, payment_method, shipping_address,
          billing_address, checkout_event_id, checkout_occurred_at, items, paid_payment_id,
@@ -323,11 +323,6 @@ const PRELOAD: [&str; 3] = [
             CASE WHEN g % 10 < 6 THEN 'pre-p' || g END, CASE WHEN g % 10 < 6 THEN 3234 END, t, t
      FROM generate_series(1, $1) AS g,
           LATERAL (SELECT now() - (g % 90) * interval '1 day' - (g % 86399) * interval '1 second' AS t) AS x",
-    "INSERT INTO order_items (order_id, line_no, sku, name, quantity, unit_price_minor, line_total_minor)
-     SELECT o.order_id, (i->>'line_no')::int, i->>'sku', i->>'name', (i->>'quantity')::int,
-            (i->>'unit_price_minor')::bigint, (i->>'line_total_minor')::bigint
-     FROM orders o, json_array_elements(o.items) AS i
-     WHERE o.order_id LIKE 'pre-%' AND $1 >= 0",
     "INSERT INTO order_status_history (order_id, from_status, to_status, cause_event_id, at)
      SELECT order_id, NULL, 'PENDING_PAYMENT', checkout_event_id, created_at
      FROM orders WHERE order_id LIKE 'pre-%' AND $1 >= 0

@@ -523,6 +523,7 @@ const REBUILD_PRODUCTS: &str = "
 INSERT INTO analytics_products (day, currency, part, sku, name, units, revenue_minor)
 SELECT (o.created_at AT TIME ZONE 'UTC')::date, o.currency, $2, i.sku, max(i.name),
        sum(i.quantity), sum(i.line_total_minor)
-FROM orders o JOIN order_items i USING (order_id)
+FROM orders o,
+     json_to_recordset(o.items) AS i(sku text, name text, quantity integer, line_total_minor bigint)
 WHERE o.created_at >= $1 AND o.status <> 'REJECTED'
 GROUP BY 1, 2, 4";

@@ -1,4 +1,5 @@
-//! Writes to `orders`, `order_items` and `order_status_history`, and the
+//! Writes to `orders` (lines included, as `items`) and
+//! `order_status_history`, and the
 //! reads the checkout decisions need. Every write is one set-based statement
 //! for a whole batch; callers hold the orders' locks.
 
@@ -67,8 +68,8 @@ fn items_json(lines: &[PricedLine]) -> String {
     serde_json::to_string(&items).expect("plain structs serialize")
 }
 
-/// Inserts orders (created `at`, the batch's instant) and their lines, two
-/// statements for the whole slice. An
+/// Inserts orders (created `at`, the batch's instant) with their lines (as
+/// `items`), one statement for the whole slice. An
 /// order id or cart that exists already is an error: the caller read them
 /// under the order locks, so only a writer outside those locks can collide.
 pub async fn insert_many(
@@ -129,46 +130,6 @@ pub async fn insert_many(
     .bind(col(&|o| o.paid_by.as_ref().map(|(_, a)| *a)))
     .bind(at)
     .execute(&mut *conn)
-    .await?;
-    insert_lines(conn, orders).await
-}
-
-async fn insert_lines(conn: &mut PgConnection, orders: &[NewOrder]) -> sqlx::Result<()> {
-    let mut order = Vec::new();
-    let (mut no, mut sku, mut name, mut qty, mut price, mut total) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
-    for o in orders {
-        for (i, l) in o.lines.iter().enumerate() {
-            order.push(o.order_id.as_str());
-            no.push(i as i32 + 1);
-            sku.push(l.sku.as_str());
-            name.push(l.name.as_str());
-            qty.push(l.quantity);
-            price.push(l.unit_price.minor());
-            total.push(l.line_total.minor());
-        }
-    }
-    if order.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO order_items (order_id, line_no, sku, name, quantity, unit_price_minor, line_total_minor)
-         SELECT * FROM UNNEST($1::text[], $2::int[], $3::text[], $4::text[], $5::int[], $6::bigint[], $7::bigint[])",
-    )
-    .bind(&order)
-    .bind(&no)
-    .bind(&sku)
-    .bind(&name)
-    .bind(&qty)
-    .bind(&price)
-    .bind(&total)
-    .execute(conn)
     .await?;
     Ok(())
 }
