@@ -87,13 +87,21 @@ impl Changes {
         inbox::update_outcomes(conn, &self.outcomes)
             .await
             .context("failed to record outcomes of parked events")?;
-        outbox::enqueue_many(conn, &self.outbox)
+        // Dead letters (and anything the feed does not carry) hold their
+        // payload; order events are written once, in the feed.
+        let others: Vec<NewRecord> = self
+            .outbox
+            .iter()
+            .filter(|r| !feed::carries(r))
+            .cloned()
+            .collect();
+        outbox::enqueue_many(conn, &others)
             .await
             .context("failed to enqueue outbox records")?;
         // Last: it locks the users' feed heads until the commit.
         feed::append(conn, &self.outbox)
             .await
-            .context("failed to append to the order feed")?;
+            .context("failed to append order events to the feed and the outbox")?;
         Ok(())
     }
 }

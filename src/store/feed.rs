@@ -3,7 +3,9 @@
 //!
 //! Writers append in the batch transaction, as its last statement
 //! ([`append`]): the user's `feed_heads` row is locked from there to the
-//! commit, so a user's `seq`s commit in order with no holes. Readers:
+//! commit, so a user's `seq`s commit in order with no holes. The same
+//! statement enqueues each event for publication: its outbox row points at
+//! the feed row instead of holding a second copy of the body. Readers:
 //! [`tail`] returns what committed since the previous call (by transaction
 //! snapshot, not by a serial id: ids are taken at insert, not at commit),
 //! [`after`] replays one order's or one user's events after a cursor, and
@@ -33,30 +35,46 @@ pub struct FeedRow {
     pub created_at: DateTime<Utc>,
 }
 
-/// Appends the order events among `records` (in slice order) for their
-/// orders' users. The caller's transaction holds the orders' locks, and
-/// the orders exist (written earlier in the transaction or before).
+/// Whether [`append`] takes `record`: an order event with its key (the
+/// order id) and `event_type` header. The others go to the outbox as they
+/// are (`outbox::enqueue_many`).
+pub fn carries(record: &NewRecord) -> bool {
+    record.is_order_event() && record.key.is_some() && record.header("event_type").is_some()
+}
+
+/// Appends the order events among `records` (those it [`carries`], in slice
+/// order) for their orders' users, and enqueues each for publication: its
+/// outbox row holds no payload but points at the feed row, so an event's
+/// body is written once. The caller's transaction holds the orders' locks,
+/// and the orders exist (written earlier in the transaction or before); an
+/// event whose order does not is an error, never dropped.
 pub async fn append(conn: &mut PgConnection, records: &[NewRecord]) -> sqlx::Result<()> {
     let mut order_ids = Vec::new();
     let mut types = Vec::new();
     let mut bodies = Vec::new();
-    for r in records.iter().filter(|r| r.is_order_event()) {
+    let mut topics = Vec::new();
+    let mut headers = Vec::new();
+    for r in records.iter().filter(|r| carries(r)) {
         let (Some(key), Some(event_type)) = (r.key.as_deref(), r.header("event_type")) else {
             continue;
         };
         order_ids.push(String::from_utf8_lossy(key).into_owned());
         types.push(event_type.to_owned());
         bodies.push(String::from_utf8_lossy(&r.payload).into_owned());
+        topics.push(r.topic.as_str());
+        headers.push(serde_json::to_string(&r.headers).expect("string pairs serialise"));
     }
     if order_ids.is_empty() {
         return Ok(());
     }
     // Heads are upserted in user order, so two batches never wait on each
     // other in a cycle; nothing runs after this statement but the commit.
-    sqlx::query(
+    // Outbox ids follow the slice order, as `outbox::enqueue_many`'s do.
+    let queued: i64 = sqlx::query_scalar(
         "WITH ev AS (
-             SELECT u.order_id, u.event_type, u.body, u.n, o.user_id
-             FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS u(order_id, event_type, body, n)
+             SELECT u.order_id, u.event_type, u.body, u.topic, u.headers, u.n, o.user_id
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+                  WITH ORDINALITY AS u(order_id, event_type, body, topic, headers, n)
              JOIN orders o USING (order_id)
          ), counts AS (
              SELECT user_id, count(*) AS c FROM ev GROUP BY user_id
@@ -65,18 +83,35 @@ pub async fn append(conn: &mut PgConnection, records: &[NewRecord]) -> sqlx::Res
              SELECT user_id, c FROM counts ORDER BY user_id
              ON CONFLICT (user_id) DO UPDATE SET seq = h.seq + EXCLUDED.seq
              RETURNING user_id, seq
+         ), numbered AS (
+             SELECT ev.*,
+                    heads.seq - counts.c + row_number() OVER (PARTITION BY ev.user_id ORDER BY ev.n) AS seq
+             FROM ev JOIN counts USING (user_id) JOIN heads USING (user_id)
+         ), feed AS (
+             INSERT INTO order_feed (user_id, seq, order_id, event_type, body)
+             SELECT user_id, seq, order_id, event_type, body::json FROM numbered
+         ), queued AS (
+             INSERT INTO outbox (kind, topic, key, headers, feed_user_id, feed_seq)
+             SELECT 'order_event', topic, convert_to(order_id, 'UTF8'), headers::jsonb, user_id, seq
+             FROM numbered ORDER BY n
+             RETURNING 1
          )
-         INSERT INTO order_feed (user_id, seq, order_id, event_type, body)
-         SELECT ev.user_id,
-                heads.seq - counts.c + row_number() OVER (PARTITION BY ev.user_id ORDER BY ev.n),
-                ev.order_id, ev.event_type, ev.body::json
-         FROM ev JOIN counts USING (user_id) JOIN heads USING (user_id)",
+         SELECT count(*) FROM queued",
     )
     .bind(&order_ids)
     .bind(&types)
     .bind(&bodies)
-    .execute(conn)
+    .bind(&topics)
+    .bind(&headers)
+    .fetch_one(conn)
     .await?;
+    if queued != order_ids.len() as i64 {
+        return Err(sqlx::Error::Protocol(format!(
+            "{} of {} order events are for orders that do not exist",
+            order_ids.len() as i64 - queued,
+            order_ids.len()
+        )));
+    }
     Ok(())
 }
 
@@ -325,9 +360,14 @@ pub async fn user_snapshot(pool: &PgPool, user_id: i64, limit: i64) -> sqlx::Res
 /// Deletes feed rows older than `retention`, at most `limit` at a time.
 pub async fn purge(pool: &PgPool, retention: Duration, limit: i64) -> sqlx::Result<u64> {
     let cutoff = super::older_than(retention);
+    // Rows the outbox still points at stay until they are published.
     Ok(sqlx::query(
         "DELETE FROM order_feed WHERE (user_id, seq) IN (
-             SELECT user_id, seq FROM order_feed WHERE created_at < $1 LIMIT $2)",
+             SELECT f.user_id, f.seq FROM order_feed f
+             WHERE f.created_at < $1
+               AND NOT EXISTS (SELECT 1 FROM outbox o
+                               WHERE o.feed_user_id = f.user_id AND o.feed_seq = f.seq)
+             LIMIT $2)",
     )
     .bind(cutoff)
     .bind(limit)

@@ -130,15 +130,20 @@ impl PendingRecord {
     }
 }
 
-/// The oldest unpublished records of `slots`, in id order.
+/// The oldest unpublished records of `slots`, in id order; an order event's
+/// payload is its body in the order feed (`feed::append`).
 pub async fn pending(
     conn: &mut PgConnection,
     slots: &[i16],
     limit: i64,
 ) -> sqlx::Result<Vec<PendingRecord>> {
     sqlx::query_as(
-        "SELECT id, kind, topic, key, payload, headers, created_at, slot FROM outbox
-         WHERE sent_at IS NULL AND slot = ANY($1) ORDER BY id LIMIT $2",
+        "SELECT o.id, o.kind, o.topic, o.key,
+                COALESCE(o.payload, convert_to(f.body::text, 'UTF8')) AS payload,
+                o.headers, o.created_at, o.slot
+         FROM outbox o
+         LEFT JOIN order_feed f ON f.user_id = o.feed_user_id AND f.seq = o.feed_seq
+         WHERE o.sent_at IS NULL AND o.slot = ANY($1) ORDER BY o.id LIMIT $2",
     )
     .bind(slots)
     .bind(limit)

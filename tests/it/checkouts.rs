@@ -378,6 +378,23 @@ async fn a_backlog_of_one_partition_is_applied_in_batches_in_offset_order() {
             .await,
         1
     );
+
+    // The feed keeps what the outbox still points at, however old.
+    sqlx::query(
+        "INSERT INTO outbox (kind, topic, key, headers, feed_user_id, feed_seq)
+         SELECT 'order_event', 'nowhere', convert_to(order_id, 'UTF8'), '[]', user_id, seq
+         FROM order_feed",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let feed_purge = || orderflow::store::feed::purge(&env.pool, Duration::ZERO, 1_000);
+    assert_eq!(feed_purge().await.unwrap(), 0, "still to be published");
+    sqlx::query("DELETE FROM outbox WHERE feed_seq IS NOT NULL")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(feed_purge().await.unwrap(), 1);
 }
 
 /// `orderflow produce`, run as users run it.
