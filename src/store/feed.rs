@@ -241,7 +241,10 @@ pub async fn after(
     let (rows, user_id): (Vec<FeedRow>, Option<i64>) = match target {
         Target::Order(order_id) => {
             let rows: Vec<FeedRow> = sqlx::query_as(&format!(
-                "SELECT {COLUMNS} FROM order_feed WHERE order_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+                "SELECT {COLUMNS} FROM order_feed
+                 WHERE user_id = (SELECT user_id FROM orders WHERE order_id = $1)
+                   AND order_id = $1 AND seq > $2
+                 ORDER BY seq LIMIT $3"
             ))
             .bind(order_id)
             .bind(cursor)
