@@ -155,7 +155,7 @@ pub async fn relay_kill(opts: &Options) -> anyhow::Result<Outcome> {
     run.kill(leader).await?;
     let took = taken_over(&run, leader, Duration::from_secs(60)).await?;
     run.notes.push(format!(
-        "the other relay held all shards {:.1} s after the kill",
+        "the other relays held all shards {:.1} s after the kill",
         took.as_secs_f64()
     ));
     run.restart(leader).await?;
@@ -184,7 +184,7 @@ pub async fn relay_freeze(opts: &Options) -> anyhow::Result<Outcome> {
     let frozen = Instant::now();
     let took = taken_over(&run, leader, Duration::from_secs(30)).await?;
     run.notes.push(format!(
-        "the other relay held all shards {:.1} s after the freeze",
+        "the other relays held all shards {:.1} s after the freeze",
         took.as_secs_f64()
     ));
     let hold = opts.scaled(Duration::from_secs(40));
