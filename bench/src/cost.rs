@@ -104,7 +104,14 @@ impl Bench {
         }
         self.wait_burst_done(true, events_before).await?;
         let cpu = (crate::cpu::now(pid) - cpu_before).per_thousand(n);
-        let wal = self.wal_position().await? - wal_before;
+        let wal_after = self.wal_position().await?;
+        let wal = wal_after - wal_before;
+        // For a closer look: pg_waldump --stats=record -s FROM -e TO.
+        progress(format!(
+            "  {kind}: WAL from {} to {}",
+            lsn(wal_before),
+            lsn(wal_after)
+        ));
         tokio::time::sleep(STATS_FLUSH).await;
         let tables_after = self.table_counts().await?;
 
@@ -179,4 +186,9 @@ impl Bench {
                 .await?,
         )
     }
+}
+
+/// A WAL position as PostgreSQL writes it (`16/B374D848`).
+fn lsn(position: i64) -> String {
+    format!("{:X}/{:X}", position >> 32, position & 0xFFFF_FFFF)
 }
