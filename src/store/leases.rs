@@ -122,11 +122,7 @@ pub async fn renew(
     .bind(ttl.as_secs_f64())
     .fetch_all(conn)
     .await?;
-    Ok(held
-        .iter()
-        .filter(|l| renewed.contains(&l.shard))
-        .cloned()
-        .collect())
+    Ok(still_held(held, &renewed))
 }
 
 /// Gives leases up at once, so another relay need not wait for them to
@@ -161,6 +157,14 @@ pub async fn release_all(conn: &mut PgConnection, owner: &str) -> sqlx::Result<(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// The leases of `held` whose shard a statement found still held.
+pub(crate) fn still_held(held: &[Lease], shards: &[i32]) -> Vec<Lease> {
+    held.iter()
+        .filter(|l| shards.contains(&l.shard))
+        .cloned()
+        .collect()
 }
 
 /// The shards and epochs of `leases`, as two columns for `unnest`.

@@ -185,11 +185,7 @@ pub async fn delete_published(
     .bind(shards)
     .fetch_all(conn)
     .await?;
-    Ok(held
-        .iter()
-        .filter(|l| still.contains(&l.shard))
-        .cloned()
-        .collect())
+    Ok(leases::still_held(held, &still))
 }
 
 /// Unpublished rows: how many, and the age of the oldest (lowest id) by the
