@@ -89,13 +89,7 @@ impl Changes {
             .context("failed to record outcomes of parked events")?;
         // Dead letters (and anything the feed does not carry) hold their
         // payload; order events are written once, in the feed.
-        let others: Vec<NewRecord> = self
-            .outbox
-            .iter()
-            .filter(|r| !feed::carries(r))
-            .cloned()
-            .collect();
-        outbox::enqueue_many(conn, &others)
+        outbox::enqueue_many(conn, self.outbox.iter().filter(|r| !feed::carries(r)))
             .await
             .context("failed to enqueue outbox records")?;
         // Last: it locks the users' feed heads until the commit.

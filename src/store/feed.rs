@@ -39,7 +39,15 @@ pub struct FeedRow {
 /// order id) and `event_type` header. The others go to the outbox as they
 /// are (`outbox::enqueue_many`).
 pub fn carries(record: &NewRecord) -> bool {
-    record.is_order_event() && record.key.is_some() && record.header("event_type").is_some()
+    carried(record).is_some()
+}
+
+/// The key and event type of a record [`append`] takes.
+fn carried(record: &NewRecord) -> Option<(&[u8], &str)> {
+    if !record.is_order_event() {
+        return None;
+    }
+    Some((record.key.as_deref()?, record.header("event_type")?))
 }
 
 /// Appends the order events among `records` (those it [`carries`], in slice
@@ -54,15 +62,15 @@ pub async fn append(conn: &mut PgConnection, records: &[NewRecord]) -> sqlx::Res
     let mut bodies = Vec::new();
     let mut topics = Vec::new();
     let mut headers = Vec::new();
-    for r in records.iter().filter(|r| carries(r)) {
-        let (Some(key), Some(event_type)) = (r.key.as_deref(), r.header("event_type")) else {
+    for r in records {
+        let Some((key, event_type)) = carried(r) else {
             continue;
         };
         order_ids.push(String::from_utf8_lossy(key).into_owned());
         types.push(event_type.to_owned());
         bodies.push(String::from_utf8_lossy(&r.payload).into_owned());
         topics.push(r.topic.as_str());
-        headers.push(serde_json::to_string(&r.headers).expect("string pairs serialise"));
+        headers.push(r.headers_json());
     }
     if order_ids.is_empty() {
         return Ok(());

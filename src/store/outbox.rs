@@ -63,6 +63,11 @@ impl NewRecord {
         self.kind == RecordKind::OrderEvent
     }
 
+    /// The headers as the outbox stores them (a JSON array of pairs).
+    pub fn headers_json(&self) -> String {
+        serde_json::to_string(&self.headers).expect("string pairs serialise")
+    }
+
     /// The first value of header `name`.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -83,8 +88,12 @@ impl NewRecord {
     }
 }
 
-/// Enqueues many records in one statement, in slice order (ids follow it).
-pub async fn enqueue_many(conn: &mut PgConnection, records: &[NewRecord]) -> sqlx::Result<()> {
+/// Enqueues many records in one statement, in their order (ids follow it).
+pub async fn enqueue_many<'r>(
+    conn: &mut PgConnection,
+    records: impl IntoIterator<Item = &'r NewRecord>,
+) -> sqlx::Result<()> {
+    let records: Vec<&NewRecord> = records.into_iter().collect();
     if records.is_empty() {
         return Ok(());
     }
@@ -92,10 +101,7 @@ pub async fn enqueue_many(conn: &mut PgConnection, records: &[NewRecord]) -> sql
     let topics: Vec<&str> = records.iter().map(|r| r.topic.as_str()).collect();
     let keys: Vec<Option<&[u8]>> = records.iter().map(|r| r.key.as_deref()).collect();
     let payloads: Vec<&[u8]> = records.iter().map(|r| r.payload.as_slice()).collect();
-    let headers: Vec<String> = records
-        .iter()
-        .map(|r| serde_json::to_string(&r.headers).expect("string pairs serialise"))
-        .collect();
+    let headers: Vec<String> = records.iter().map(|r| r.headers_json()).collect();
     sqlx::query(
         "INSERT INTO outbox (kind, topic, key, payload, headers)
          SELECT k, t, ky, p, h::jsonb FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::text[])

@@ -86,10 +86,6 @@ impl Held {
         self.leases = leases;
     }
 
-    fn shard_numbers(&self) -> Vec<i32> {
-        self.leases.iter().map(|l| l.shard).collect()
-    }
-
     fn epoch_of(&self, shard: i32) -> i64 {
         self.leases
             .iter()
@@ -174,13 +170,13 @@ impl Relay {
         let me = &self.settings.instance_id;
         let ttl = self.settings.relay_lease;
         let shards = self.settings.outbox_shards;
-        let before = held.shard_numbers();
+        let before = shard_numbers(&held.leases);
         let started = Instant::now();
         let mut leases = leases::renew(conn, &held.leases, ttl)
             .await
             .context("failed to renew the relay leases")?;
         if leases.len() < held.leases.len() {
-            let kept: Vec<i32> = leases.iter().map(|l| l.shard).collect();
+            let kept = shard_numbers(&leases);
             warn!(held = ?before, ?kept, "relay leases passed on; publishing the rest");
         }
         let live = leases::heartbeat(conn, me, ttl)
@@ -202,7 +198,7 @@ impl Relay {
         }
         held.set(leases, shards);
         held.renewed = started;
-        let after = held.shard_numbers();
+        let after = shard_numbers(&held.leases);
         if after != before {
             let epochs: Vec<i64> = held.leases.iter().map(|l| l.epoch).collect();
             info!(shards = ?after, ?epochs, live, "outbox shards this relay publishes");
@@ -354,8 +350,8 @@ impl Relay {
                 .context("failed to delete published outbox rows")?;
             if still.len() < held.leases.len() {
                 warn!(
-                    held = ?held.shard_numbers(),
-                    kept = ?still.iter().map(|l| l.shard).collect::<Vec<_>>(),
+                    held = ?shard_numbers(&held.leases),
+                    kept = ?shard_numbers(&still),
                     "relay leases passed on while publishing; their rows stay for the new owner"
                 );
                 held.set(still, shards);
@@ -373,6 +369,11 @@ impl Relay {
             None => Ok(()),
         }
     }
+}
+
+/// The shard numbers of `leases`.
+fn shard_numbers(leases: &[Lease]) -> Vec<i32> {
+    leases.iter().map(|l| l.shard).collect()
 }
 
 /// Enqueues rows in order until `deadline`, each stamped with its (shard,
