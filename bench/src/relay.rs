@@ -64,10 +64,7 @@ impl Bench {
                 );
             }
             let shards = wait_balanced(&relays, own.outbox_shards as u32).await?;
-            let pids: Vec<i32> = relays
-                .iter()
-                .filter_map(|w| w.child.id().map(|p| p as i32))
-                .collect();
+            let pids: Vec<i32> = relays.iter().filter_map(Worker::pid).collect();
             let before = (cpu::now(None), cpu::processes(&pids));
             let started = Instant::now();
             self.load_outbox(&own.topics.order_events, rows, round)
@@ -156,8 +153,7 @@ async fn wait_balanced(relays: &[Worker], shards: u32) -> anyhow::Result<Vec<u32
     loop {
         let mut held = Vec::with_capacity(relays.len());
         for relay in relays {
-            let page = relay.metrics_page().await.unwrap_or_default();
-            held.push(orderflow_testkit::prom::sum(&page, "orderflow_relay_shards", &[]) as u32);
+            held.push(relay.relay_shards().await.unwrap_or(0));
         }
         if held.iter().sum::<u32>() == shards && held.iter().all(|&h| h > 0) {
             return Ok(held);

@@ -118,6 +118,12 @@ impl Worker {
         Ok(crate::prom::sum(&page, "orderflow_messages_total", &wanted) as u64)
     }
 
+    /// `orderflow_relay_shards`: outbox shards its relay holds.
+    pub async fn relay_shards(&self) -> anyhow::Result<u32> {
+        let page = self.metrics_page().await?;
+        Ok(crate::prom::sum(&page, "orderflow_relay_shards", &[]) as u32)
+    }
+
     pub fn pid(&self) -> Option<i32> {
         self.child.id().map(|pid| pid as i32)
     }

@@ -57,87 +57,78 @@ pub async fn rebalance(opts: &Options) -> anyhow::Result<Outcome> {
     run.finish().await
 }
 
-/// Outbox shards each live worker's relay holds (`orderflow_relay_shards`).
+/// Outbox shards each live worker's relay holds (0 for one that does not
+/// answer, such as a frozen one).
 async fn relay_shards(run: &Run) -> Vec<(usize, u32)> {
     let mut held = Vec::new();
     for (slot, s) in run.workers.iter().enumerate() {
         if let Some(worker) = &s.worker {
-            let page = worker.metrics_page().await.unwrap_or_default();
-            let shards = page
-                .lines()
-                .find_map(|l| l.strip_prefix("orderflow_relay_shards "))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            held.push((slot, shards));
+            held.push((slot, worker.relay_shards().await.unwrap_or(0)));
         }
     }
     held
 }
 
-/// Once every shard is held, the worker holding the most of them and the
-/// shard count.
-async fn busiest_relay(run: &Run, within: Duration) -> anyhow::Result<(usize, u32)> {
+/// Polls the relays' shards until `done` returns something, for at most
+/// `within`; `what` says what was awaited when it never does.
+async fn wait_shards<T>(
+    run: &Run,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&[(usize, u32)]) -> Option<T>,
+) -> anyhow::Result<T> {
     let since = Instant::now();
     loop {
         let held = relay_shards(run).await;
-        let total: u32 = held.iter().map(|(_, n)| n).sum();
-        if total == run.outbox_shards() {
-            let (slot, _) = held.into_iter().max_by_key(|(_, n)| *n).expect("workers");
-            return Ok((slot, total));
+        if let Some(found) = done(&held) {
+            return Ok(found);
         }
         if since.elapsed() > within {
             bail!(
-                "the relays held {total} shards after {} s",
+                "{what}: shards per relay {held:?} of {} after {} s",
+                run.outbox_shards(),
                 within.as_secs()
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Once every shard is held, the worker holding the most of them.
+async fn busiest_relay(run: &Run, within: Duration) -> anyhow::Result<usize> {
+    let total = run.outbox_shards();
+    wait_shards(run, within, "not every shard held", |held| {
+        let sum: u32 = held.iter().map(|(_, n)| n).sum();
+        (sum == total).then(|| held.iter().max_by_key(|(_, n)| *n).expect("workers").0)
+    })
+    .await
 }
 
 /// Waits until every shard is held and each relay holds between 25 % and
 /// 45 % of them; returns the shares.
 async fn balanced(run: &Run, within: Duration) -> anyhow::Result<Vec<(usize, u32)>> {
-    let since = Instant::now();
     let total = run.outbox_shards();
-    loop {
-        let held = relay_shards(run).await;
+    let fair = |n: u32| (25..=45).contains(&(n * 100 / total));
+    wait_shards(run, within, "not each 25-45 %", |held| {
         let sum: u32 = held.iter().map(|(_, n)| n).sum();
-        let fair = |n: u32| (25..=45).contains(&(n * 100 / total));
-        if sum == total && held.iter().all(|(_, n)| fair(*n)) {
-            return Ok(held);
-        }
-        if since.elapsed() > within {
-            bail!(
-                "shards per relay {held:?} of {total}: not each 25-45 % after {} s",
-                within.as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        (sum == total && held.iter().all(|(_, n)| fair(*n))).then(|| held.to_vec())
+    })
+    .await
 }
 
 /// How long until the workers other than `not` hold every shard.
 async fn taken_over(run: &Run, not: usize, within: Duration) -> anyhow::Result<Duration> {
     let since = Instant::now();
-    loop {
-        let others: u32 = relay_shards(run)
-            .await
-            .into_iter()
+    let total = run.outbox_shards();
+    wait_shards(run, within, "not taken over", |held| {
+        let others: u32 = held
+            .iter()
             .filter(|(slot, _)| *slot != not)
             .map(|(_, n)| n)
             .sum();
-        if others == run.outbox_shards() {
-            return Ok(since.elapsed());
-        }
-        if since.elapsed() > within {
-            bail!(
-                "the other relays held {others} shards {} s after the fault",
-                within.as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        (others == total).then(|| since.elapsed())
+    })
+    .await
 }
 
 /// Scenario 5: The relay holding the most outbox shards SIGKILLed
@@ -151,7 +142,7 @@ pub async fn relay_kill(opts: &Options) -> anyhow::Result<Outcome> {
     let mut run = Run::start(opts, "relay-kill", spec).await?;
     run.produce(None);
     run.wait_sent(0.5).await?;
-    let (leader, _) = busiest_relay(&run, Duration::from_secs(30)).await?;
+    let leader = busiest_relay(&run, Duration::from_secs(30)).await?;
     run.kill(leader).await?;
     let took = taken_over(&run, leader, Duration::from_secs(60)).await?;
     run.notes.push(format!(
@@ -179,7 +170,7 @@ pub async fn relay_freeze(opts: &Options) -> anyhow::Result<Outcome> {
     run.notes
         .push(format!("shards per relay before the freeze: {shares:?}"));
     run.wait_sent(0.4).await?;
-    let (leader, _) = busiest_relay(&run, Duration::from_secs(30)).await?;
+    let leader = busiest_relay(&run, Duration::from_secs(30)).await?;
     run.signal(leader, Signal::SIGSTOP)?;
     let frozen = Instant::now();
     let took = taken_over(&run, leader, Duration::from_secs(30)).await?;
