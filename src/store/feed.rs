@@ -42,9 +42,11 @@ pub fn carries(record: &NewRecord) -> bool {
     carried(record).is_some()
 }
 
-/// The key and event type of a record [`append`] takes.
+/// The key and event type of a record [`append`] takes: an order event
+/// whose only header is its `event_type`, which the relay reads back from
+/// the feed row (the outbox row stores no headers).
 fn carried(record: &NewRecord) -> Option<(&[u8], &str)> {
-    if !record.is_order_event() {
+    if !record.is_order_event() || record.headers.len() != 1 {
         return None;
     }
     Some((record.key.as_deref()?, record.header("event_type")?))
@@ -61,7 +63,6 @@ pub async fn append(conn: &mut PgConnection, records: &[NewRecord]) -> sqlx::Res
     let mut types = Vec::new();
     let mut bodies = Vec::new();
     let mut topics = Vec::new();
-    let mut headers = Vec::new();
     for r in records {
         let Some((key, event_type)) = carried(r) else {
             continue;
@@ -70,7 +71,6 @@ pub async fn append(conn: &mut PgConnection, records: &[NewRecord]) -> sqlx::Res
         types.push(event_type.to_owned());
         bodies.push(String::from_utf8_lossy(&r.payload).into_owned());
         topics.push(r.topic.as_str());
-        headers.push(r.headers_json());
     }
     if order_ids.is_empty() {
         return Ok(());
@@ -80,9 +80,9 @@ pub async fn append(conn: &mut PgConnection, records: &[NewRecord]) -> sqlx::Res
     // Outbox ids follow the slice order, as `outbox::enqueue_many`'s do.
     let queued: i64 = sqlx::query_scalar(
         "WITH ev AS (
-             SELECT u.order_id, u.event_type, u.body, u.topic, u.headers, u.n, o.user_id
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
-                  WITH ORDINALITY AS u(order_id, event_type, body, topic, headers, n)
+             SELECT u.order_id, u.event_type, u.body, u.topic, u.n, o.user_id
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+                  WITH ORDINALITY AS u(order_id, event_type, body, topic, n)
              JOIN orders o USING (order_id)
          ), counts AS (
              SELECT user_id, count(*) AS c FROM ev GROUP BY user_id
@@ -99,8 +99,8 @@ pub async fn append(conn: &mut PgConnection, records: &[NewRecord]) -> sqlx::Res
              INSERT INTO order_feed (user_id, seq, order_id, event_type, body)
              SELECT user_id, seq, order_id, event_type, body::json FROM numbered
          ), queued AS (
-             INSERT INTO outbox (kind, topic, key, headers, feed_user_id, feed_seq)
-             SELECT 'order_event', topic, convert_to(order_id, 'UTF8'), headers::jsonb, user_id, seq
+             INSERT INTO outbox (kind, topic, key, feed_user_id, feed_seq)
+             SELECT 'order_event', topic, convert_to(order_id, 'UTF8'), user_id, seq
              FROM numbered ORDER BY n
              RETURNING 1
          )
@@ -110,7 +110,6 @@ pub async fn append(conn: &mut PgConnection, records: &[NewRecord]) -> sqlx::Res
     .bind(&types)
     .bind(&bodies)
     .bind(&topics)
-    .bind(&headers)
     .fetch_one(conn)
     .await?;
     if queued != order_ids.len() as i64 {

@@ -137,7 +137,8 @@ impl PendingRecord {
 }
 
 /// The oldest unpublished records of `slots`, in id order; an order event's
-/// payload is its body in the order feed (`feed::append`).
+/// payload is its body in the order feed and its one header its event type
+/// there (`feed::append`).
 pub async fn pending(
     conn: &mut PgConnection,
     slots: &[i16],
@@ -146,7 +147,9 @@ pub async fn pending(
     sqlx::query_as(
         "SELECT o.id, o.kind, o.topic, o.key,
                 COALESCE(o.payload, convert_to(f.body::text, 'UTF8')) AS payload,
-                o.headers, o.created_at, o.slot
+                COALESCE(o.headers, jsonb_build_array(jsonb_build_array('event_type', f.event_type)))
+                    AS headers,
+                o.created_at, o.slot
          FROM outbox o
          LEFT JOIN order_feed f ON f.user_id = o.feed_user_id AND f.seq = o.feed_seq
          WHERE o.sent_at IS NULL AND o.slot = ANY($1) ORDER BY o.id LIMIT $2",
