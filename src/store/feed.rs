@@ -420,4 +420,29 @@ mod tests {
         assert_eq!(Horizon::parse("10"), None);
         assert_eq!(Horizon::parse("1:2:3;DROP"), None);
     }
+
+    /// The outbox row of a carried event stores no headers; the relay gives
+    /// it back its event type alone, so an event with more must not be
+    /// carried (it keeps an outbox row with its payload and headers).
+    #[test]
+    fn carries_order_events_whose_only_header_is_their_type() {
+        use super::super::outbox::RecordKind;
+        let event = |headers: Vec<(String, String)>| NewRecord {
+            kind: RecordKind::OrderEvent,
+            topic: "order-events".into(),
+            key: Some(b"o-1".to_vec()),
+            payload: b"{}".to_vec(),
+            headers,
+        };
+        let typed = ("event_type".to_owned(), "OrderPaid".to_owned());
+        assert!(carries(&event(vec![typed.clone()])));
+        assert!(!carries(&event(vec![
+            typed,
+            ("traceparent".into(), "00-1".into())
+        ])));
+        assert!(!carries(&event(vec![])));
+        let mut raw = event(vec![("event_type".into(), "OrderPaid".into())]);
+        raw.kind = RecordKind::Raw;
+        assert!(!carries(&raw));
+    }
 }
