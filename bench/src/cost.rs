@@ -59,6 +59,7 @@ impl Bench {
                 })
                 .collect()
         };
+        let reserved = crate::waldump::Reserved::new(&self.pool, &self.world.id).await;
         let mut costs = Vec::new();
         for (kind, topic) in [
             ("checkout", &t.checkouts),
@@ -67,7 +68,13 @@ impl Bench {
         ] {
             let messages = payloads(kind)?;
             progress(format!("cost: {n} × {kind}"));
-            costs.push(self.cost_of(kind, topic, &messages).await?);
+            let cost = self
+                .cost_of(kind, topic, &messages, reserved.as_ref())
+                .await;
+            costs.push(cost?);
+        }
+        if let Some(reserved) = reserved {
+            reserved.release(&self.pool).await?;
         }
         Ok(costs)
     }
@@ -77,6 +84,7 @@ impl Bench {
         kind: &str,
         topic: &str,
         messages: &[(String, Vec<u8>)],
+        reserved: Option<&crate::waldump::Reserved>,
     ) -> anyhow::Result<EventCost> {
         tokio::time::sleep(STATS_FLUSH).await;
         let pid = self.worker()?.pid();
@@ -112,6 +120,16 @@ impl Bench {
             lsn(wal_before),
             lsn(wal_after)
         ));
+        let mut wal_by_relation = Vec::new();
+        if let Some(reserved) = reserved {
+            match reserved
+                .by_relation(&self.pool, &lsn(wal_before), &lsn(wal_after))
+                .await
+            {
+                Ok(shares) => wal_by_relation = shares,
+                Err(e) => progress(format!("  (no WAL breakdown: {e:#})")),
+            }
+        }
         tokio::time::sleep(STATS_FLUSH).await;
         let tables_after = self.table_counts().await?;
 
@@ -123,6 +141,29 @@ impl Bench {
             cpu,
             ..EventCost::default()
         };
+        for share in &mut wal_by_relation {
+            share.bytes = (share.bytes as f64 * per_k) as u64;
+            share.fpi_bytes = (share.fpi_bytes as f64 * per_k) as u64;
+            share.records = (share.records as f64 * per_k) as u64;
+        }
+        if !wal_by_relation.is_empty() {
+            progress(format!(
+                "  WAL per 1,000 by relation (bytes, of which full-page images; records): {}",
+                wal_by_relation
+                    .iter()
+                    .take(16)
+                    .map(|s| format!(
+                        "{} {:.0} kB ({:.0}; {})",
+                        s.relation,
+                        s.bytes as f64 / 1024.0,
+                        s.fpi_bytes as f64 / 1024.0,
+                        s.records
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        cost.wal_by_relation = wal_by_relation;
         for (table, after) in &tables_after {
             let before = tables_before.get(table).copied().unwrap_or_default();
             let d: Vec<f64> = (0..4)

@@ -105,6 +105,9 @@ impl Bench {
         if o.relay_rows > 0 && !o.relay_instances.is_empty() {
             report.relay = self.relay_scaling(o.relay_rows, &o.relay_instances).await?;
         }
+        if !o.instances.is_empty() && o.instance_checkouts > 0 {
+            (report.scale, report.churn) = self.scale_out(o).await?;
+        }
         Ok(report)
     }
 
@@ -296,7 +299,7 @@ impl Bench {
         self.worker.as_ref().map_or((0.0, 0.0), Worker::rss_mb)
     }
 
-    async fn processed(&self) -> anyhow::Result<i64> {
+    pub(crate) async fn processed(&self) -> anyhow::Result<i64> {
         Ok(sqlx::query_scalar("SELECT count(*) FROM processed_events")
             .fetch_one(&self.pool)
             .await?)

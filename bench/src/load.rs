@@ -13,7 +13,7 @@ use orderflow::produce::{enqueue, sample_checkout, InFlight};
 use orderflow::store::pricing_tables::PricingTables;
 use rand::Rng;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::Producer;
+use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::Message;
 
@@ -123,6 +123,18 @@ impl Bench {
         prefix: &str,
         cart_base: i64,
     ) -> anyhow::Result<u64> {
+        self.produce_mix_with(&self.producer, checkouts, prefix, cart_base)
+            .await
+    }
+
+    /// [`Bench::produce_mix_named`] through `producer`.
+    pub async fn produce_mix_with(
+        &self,
+        producer: &FutureProducer,
+        checkouts: u64,
+        prefix: &str,
+        cart_base: i64,
+    ) -> anyhow::Result<u64> {
         let t = &self.settings().topics;
         let started = Instant::now();
         let mut sent = 0u64;
@@ -152,7 +164,7 @@ impl Bench {
             ];
             for (topic, payload) in in_flight.iter_mut().zip(payloads) {
                 let Some(payload) = payload else { continue };
-                let delivery = enqueue(&self.producer, topic.topic, &key, &payload)?;
+                let delivery = enqueue(producer, topic.topic, &key, &payload)?;
                 topic.push(delivery, None).await?;
                 sent += 1;
                 if sent.is_multiple_of(50_000) {

@@ -16,7 +16,9 @@ mod http_load;
 mod load;
 mod relay;
 mod report;
+mod scale;
 mod streams;
+mod waldump;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -84,6 +86,21 @@ pub struct Options {
     /// Relay processes in each round of the relay phase.
     #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
     pub relay_instances: Vec<usize>,
+    /// Worker processes in each round of the scale-out phase (full `run`s,
+    /// one consumer group; an empty list skips the phase).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    pub instances: Vec<usize>,
+    /// Checkouts of the mix in each scale-out round (0 skips the phase).
+    #[arg(long, default_value_t = 20_000)]
+    pub instance_checkouts: u64,
+    /// Checkouts per second in the scale-out churn (a worker joins, one is
+    /// killed); it runs when the largest `--instances` is at least 2. Sent one
+    /// record per batch, which Tansu takes at a few thousand per second.
+    #[arg(long, default_value_t = 500)]
+    pub churn_rate: u64,
+    /// Length of the churn, seconds (under 6 skips it).
+    #[arg(long, default_value_t = 60)]
+    pub churn_secs: u64,
     /// Print the result as JSON as well.
     #[arg(long)]
     pub json: bool,

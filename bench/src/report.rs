@@ -73,6 +73,10 @@ pub struct Report {
     pub cost: Vec<EventCost>,
     /// The relay phase: 1, 2, 3… relays publishing a backlog.
     pub relay: Vec<crate::relay::RelayRound>,
+    /// The scale-out phase: 1, 2, 3… workers through one mix.
+    pub scale: Vec<crate::scale::ScaleRound>,
+    /// A worker joins, one is killed, under a steady rate.
+    pub churn: Option<crate::scale::Churn>,
 }
 
 /// One route under closed-loop load: `connections` clients, each sending its
@@ -137,6 +141,42 @@ impl Report {
                 ),
             )
         }));
+        rows.extend(self.scale.iter().map(|r| {
+            (
+                format!("scale-out: {} worker(s), {} events", r.instances, r.events),
+                format!(
+                    "{:.0} events/s ({:.0} between 10 % and 90 %); partition shares {:?} %; CPU ms per 1,000: workers {:.0}, PostgreSQL {:.0}, broker {:.0}, machine {:.0}",
+                    r.events_per_s, r.steady_events_per_s, r.partition_shares, r.cpu.worker, r.cpu.postgres, r.cpu.broker, r.cpu.machine
+                ),
+            )
+        }));
+        if let Some(churn) = &self.churn {
+            rows.extend(churn.windows.iter().map(|w| {
+                (
+                    format!(
+                        "churn at {}/s ({} → {} → {} workers): {}",
+                        churn.rate,
+                        churn.workers_before,
+                        churn.workers_before + 1,
+                        churn.workers_before,
+                        w.name
+                    ),
+                    format!(
+                        "{} checkouts, produce → written p50 {:.1} ms, p99 {:.1} ms, max {:.0} ms",
+                        w.events, w.p50_ms, w.p99_ms, w.max_ms
+                    ),
+                )
+            }));
+            rows.extend(churn.pauses.iter().map(|p| {
+                (
+                    format!("churn: pause after the {}", p.what),
+                    format!(
+                        "every partition flowing again after {:.2} s ({} over 1 s)",
+                        p.all_flowing_after_s, p.partitions_stalled
+                    ),
+                )
+            }));
+        }
         rows.extend(self.http.iter().map(|run| {
             let errors = match run.errors {
                 0 => String::new(),
@@ -359,6 +399,9 @@ pub struct EventCost {
     /// Of the updated rows, those updated in place (HOT: no index entries).
     pub rows_hot_updated: f64,
     pub wal_kb: f64,
+    /// The WAL per 1,000 events by relation, largest first (empty when
+    /// pg_waldump could not read the server's WAL).
+    pub wal_by_relation: Vec<crate::waldump::WalShare>,
     /// CPU ms.
     pub cpu: crate::cpu::CpuTimes,
     /// (table, inserted, updated, deleted) per 1,000 events, the tables

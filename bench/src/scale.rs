@@ -1,0 +1,484 @@
+//! The scale-out phase: N full workers (`orderflow run`, separate OS
+//! processes, one consumer group) over the same topics and database.
+//!
+//! - **Rounds** (`--instances 1,2,3`): per round, fresh topics hold a mix of
+//!   `--instance-checkouts` checkouts with their payments and
+//!   cancellations (one record per batch); then N workers start together and
+//!   are timed from their start to the last input committed. Reported: events/s over the whole round and
+//!   between 10 % and 90 % committed (start-up and tail left out), each
+//!   worker's share of the input partitions, and CPU per 1,000 events.
+//! - **Churn** (first; when the largest N is at least 2): N − 1 workers consume
+//!   checkouts produced at `--churn-rate` per second for `--churn-secs`; a
+//!   worker joins at a third of the time and one of the first is SIGKILLed at
+//!   two thirds. Latency is produce → order row written (the row's
+//!   `created_at` against the `occurred_at` the benchmark stamped at send;
+//!   the commit follows within the batch), read from the database so the
+//!   killed worker's events count too. The pause of a join or a kill is the
+//!   time until every checkouts partition has written an event produced
+//!   after it: a partition that kept flowing does so within a few ms.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures::future::try_join_all;
+use orderflow::domain::OrderId;
+use orderflow::produce::{enqueue, sample_checkout};
+use orderflow_testkit::{prom, Worker};
+use rand::SeedableRng;
+use rdkafka::producer::future_producer::DeliveryFuture;
+use serde::Serialize;
+
+use crate::cpu::{self, CpuTimes};
+use crate::harness::Bench;
+use crate::report::percentile;
+use crate::{progress, Options};
+
+/// One round: N workers through one mix.
+#[derive(Debug, Default, Serialize)]
+pub struct ScaleRound {
+    pub instances: usize,
+    pub events: u64,
+    /// Workers' start → last input committed.
+    pub seconds: f64,
+    pub events_per_s: f64,
+    /// Between 10 % and 90 % of the inputs committed.
+    pub steady_events_per_s: f64,
+    /// Each worker's share of the input topics' partitions at the end, %.
+    pub partition_shares: Vec<f64>,
+    /// CPU ms per 1,000 events: every worker together (`worker`),
+    /// PostgreSQL, the broker, the machine.
+    pub cpu: CpuTimes,
+}
+
+/// Latency of the checkouts produced in one window of the churn phase.
+#[derive(Debug, Default, Serialize)]
+pub struct Window {
+    pub name: String,
+    pub events: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// A join or a kill during the churn phase.
+#[derive(Debug, Default, Serialize)]
+pub struct Pause {
+    pub what: String,
+    /// The fault → every partition has written an event produced after it.
+    pub all_flowing_after_s: f64,
+    /// Partitions that took longer than a second.
+    pub partitions_stalled: usize,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Churn {
+    pub rate: u64,
+    pub seconds: u64,
+    pub workers_before: usize,
+    pub windows: Vec<Window>,
+    pub pauses: Vec<Pause>,
+}
+
+impl Bench {
+    /// Every round of `--instances`, then the churn phase.
+    pub async fn scale_out(
+        &mut self,
+        o: &Options,
+    ) -> anyhow::Result<(Vec<ScaleRound>, Option<Churn>)> {
+        if let Some(mut worker) = self.worker.take() {
+            worker.kill().await.context("failed to stop the worker")?;
+        }
+        // The churn first: Tansu's produce rate falls as it fills
+        // (docs/tansu.md), and one record per batch at a steady rate needs
+        // it most.
+        let most = o.instances.iter().copied().max().unwrap_or(0);
+        let churn = if most >= 2 && o.churn_secs >= 6 {
+            Some(self.churn(most - 1, o.churn_rate, o.churn_secs).await?)
+        } else {
+            None
+        };
+        let mut rounds = Vec::new();
+        for (i, &n) in o.instances.iter().enumerate() {
+            rounds.push(self.scale_round(n, o.instance_checkouts, i).await?);
+        }
+        Ok((rounds, churn))
+    }
+
+    async fn scale_round(
+        &mut self,
+        n: usize,
+        checkouts: u64,
+        round: usize,
+    ) -> anyhow::Result<ScaleRound> {
+        self.world
+            .fresh_topics("bench", &format!("scale{round}"))
+            .await?;
+        progress(format!(
+            "scale-out: {n} worker(s), {checkouts} checkouts of the mix"
+        ));
+        // One record per batch, produced before the workers start: their
+        // start-up rebalances move partitions, whose new owners read from
+        // committed offsets, and Tansu skips the rest of a batch read from
+        // inside (docs/tansu.md). Kafka does not.
+        let producer = single_record_producer(self.settings())?;
+        let cart_base = 5_000_000_000_000 + round as i64 * 1_000_000_000;
+        let events = self
+            .produce_mix_with(&producer, checkouts, &format!("s{round}"), cart_base)
+            .await?;
+        let already = self.processed().await?;
+        let before = cpu::now(None);
+        let started = Instant::now();
+        let workers = self.spawn_workers(n).await?;
+        let pids: Vec<i32> = workers.iter().filter_map(Worker::pid).collect();
+        // Their CPU from their start (a process's counters start at 0).
+        let cpu_before = 0.0;
+        let (mut at_10, mut at_90) = (None, None);
+        let mut last_report = Instant::now();
+        let (mut last_done, mut last_progress) = (0, Instant::now());
+        loop {
+            let done = (self.processed().await? - already) as u64;
+            let t = started.elapsed().as_secs_f64();
+            if done != last_done {
+                (last_done, last_progress) = (done, Instant::now());
+            } else if last_progress.elapsed() > Duration::from_secs(60) {
+                bail!(
+                    "scale-out: {done} of {events} committed and no progress for 60 s \
+                     (records skipped by the broker? see docs/tansu.md)"
+                );
+            }
+            if at_10.is_none() && done * 10 >= events {
+                at_10 = Some((t, done));
+            }
+            if at_90.is_none() && done * 10 >= events * 9 {
+                at_90 = Some((t, done));
+            }
+            if done >= events {
+                break;
+            }
+            if last_report.elapsed() > Duration::from_secs(5) {
+                progress(format!("  {done} / {events} committed"));
+                last_report = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let mut spent = cpu::now(None) - before;
+        spent.worker = cpu::processes(&pids) - cpu_before;
+        let steady = match (at_10, at_90) {
+            (Some((t1, d1)), Some((t2, d2))) if t2 > t1 => (d2 - d1) as f64 / (t2 - t1),
+            _ => events as f64 / seconds,
+        };
+        let held = self.inputs_held(&workers).await;
+        let total: f64 = held.iter().sum();
+        let done = ScaleRound {
+            instances: n,
+            events,
+            seconds,
+            events_per_s: events as f64 / seconds,
+            steady_events_per_s: steady,
+            partition_shares: held
+                .iter()
+                .map(|h| (h / total.max(1.0) * 1000.0).round() / 10.0)
+                .collect(),
+            cpu: spent.per_thousand(events),
+        };
+        progress(format!(
+            "  {:.0} events/s ({:.0} steady); partition shares {:?} %; CPU ms per 1,000: workers {:.0}, PostgreSQL {:.0}, broker {:.0}",
+            done.events_per_s,
+            done.steady_events_per_s,
+            done.partition_shares,
+            done.cpu.worker,
+            done.cpu.postgres,
+            done.cpu.broker
+        ));
+        self.stop_workers(workers).await?;
+        Ok(done)
+    }
+
+    /// N workers started together; returns once all answer `/readyz`.
+    async fn spawn_workers(&self, n: usize) -> anyhow::Result<Vec<Worker>> {
+        try_join_all((0..n).map(|_| Worker::spawn(&self.binary, self.settings(), &[]))).await
+    }
+
+    /// Waits for the outbox to drain, then kills the workers and frees
+    /// their relay leases (which would hold the next round's shards).
+    async fn stop_workers(&self, workers: Vec<Worker>) -> anyhow::Result<()> {
+        let started = Instant::now();
+        while orderflow::store::outbox::backlog(&self.pool).await?.0 > 0
+            && started.elapsed() < Duration::from_secs(120)
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for mut worker in workers {
+            if worker.pid().is_some() {
+                worker.kill().await?;
+            }
+        }
+        for table in ["relay_leases", "relay_members"] {
+            sqlx::query(&format!("DELETE FROM {table}"))
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn churn(&mut self, first: usize, rate: u64, secs: u64) -> anyhow::Result<Churn> {
+        self.world.fresh_topics("bench", "churn").await?;
+        progress(format!(
+            "scale-out churn: {first} worker(s), {rate} checkouts/s for {secs} s; one joins at {} s, one is killed at {} s",
+            secs / 3,
+            secs * 2 / 3
+        ));
+        let mut workers = self.spawn_workers(first).await?;
+        self.wait_assigned(&workers).await?;
+        // One record per batch: the join and the kill move partitions, and
+        // their new owners start at committed offsets (docs/tansu.md).
+        let producer = single_record_producer(self.settings())?;
+        let topic = self.settings().topics.checkouts.clone();
+        let started = Instant::now();
+        let sender = tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::from_entropy();
+            let mut sent: Vec<(String, DeliveryFuture)> = Vec::new();
+            crate::load::at_rate(rate, secs, |n| {
+                let order_id = OrderId::parse(&format!("churn-{n}"))?;
+                let mut ev =
+                    sample_checkout(&mut rng, &order_id, 800_000_000_000 + n as i64, false);
+                ev.occurred_at = chrono::Utc::now();
+                let delivery = enqueue(
+                    &producer,
+                    &topic,
+                    order_id.as_str(),
+                    &serde_json::to_vec(&ev)?,
+                )?;
+                sent.push((order_id.to_string(), delivery));
+                Ok(())
+            })
+            .await?;
+            let mut partitions = BTreeMap::new();
+            for (order_id, delivery) in sent {
+                match delivery.await {
+                    Ok(Ok(d)) => {
+                        partitions.insert(order_id, d.partition);
+                    }
+                    Ok(Err((e, _))) => bail!("churn checkout {order_id} was not delivered: {e}"),
+                    Err(_) => bail!("churn checkout {order_id}: the producer went away"),
+                }
+            }
+            Ok(partitions)
+        });
+        tokio::time::sleep_until((started + Duration::from_secs(secs / 3)).into()).await;
+        let joined_at = chrono::Utc::now();
+        progress("  a worker joins");
+        workers.push(Worker::spawn(&self.binary, self.settings(), &[]).await?);
+        tokio::time::sleep_until((started + Duration::from_secs(secs * 2 / 3)).into()).await;
+        let killed_at = chrono::Utc::now();
+        progress("  a worker is killed (SIGKILL)");
+        workers[0].kill().await?;
+        let partitions = sender.await.context("the churn sender panicked")??;
+        let total = partitions.len() as i64;
+        let waited = Instant::now();
+        let rows: Vec<(String, f64, f64)> = loop {
+            let rows: Vec<(String, f64, f64)> = sqlx::query_as(
+                "SELECT order_id,
+                        extract(epoch FROM checkout_occurred_at)::float8,
+                        extract(epoch FROM created_at)::float8
+                 FROM orders WHERE order_id LIKE 'churn-%'",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            if rows.len() as i64 >= total {
+                break rows;
+            }
+            if waited.elapsed() > Duration::from_secs(180) {
+                bail!(
+                    "churn: {} of {total} checkouts written 180 s after the last was sent",
+                    rows.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        self.stop_workers(workers.into_iter().skip(1).collect())
+            .await?;
+        let events: Vec<Event> = rows
+            .into_iter()
+            .filter_map(|(id, occurred, written)| {
+                Some(Event {
+                    partition: *partitions.get(&id)?,
+                    occurred,
+                    written,
+                })
+            })
+            .collect();
+        let epoch = |t: chrono::DateTime<chrono::Utc>| t.timestamp_micros() as f64 / 1e6;
+        let (join, kill) = (epoch(joined_at), epoch(killed_at));
+        let begin = events.iter().map(|e| e.occurred).fold(f64::MAX, f64::min);
+        let end = events.iter().map(|e| e.occurred).fold(f64::MIN, f64::max);
+        let churn = Churn {
+            rate,
+            seconds: secs,
+            workers_before: first,
+            windows: vec![
+                window("steady (before the join)", &events, begin + 2.0, join),
+                window("join → +10 s", &events, join, join + 10.0),
+                window("kill → end", &events, kill, end + 1.0),
+                window("whole phase", &events, begin, end + 1.0),
+            ],
+            pauses: vec![pause("join", &events, join), pause("kill", &events, kill)],
+        };
+        for w in &churn.windows {
+            progress(format!(
+                "  {}: {} events, p50 {:.1} ms, p99 {:.1} ms, max {:.0} ms",
+                w.name, w.events, w.p50_ms, w.p99_ms, w.max_ms
+            ));
+        }
+        for p in &churn.pauses {
+            progress(format!(
+                "  {}: every partition flowing again after {:.2} s ({} stalled over 1 s)",
+                p.what, p.all_flowing_after_s, p.partitions_stalled
+            ));
+        }
+        Ok(churn)
+    }
+
+    /// Partitions of the three input topics each worker holds.
+    async fn inputs_held(&self, workers: &[Worker]) -> Vec<f64> {
+        let t = &self.settings().topics;
+        let inputs = [&t.checkouts, &t.payment_confirmations, &t.cancellations];
+        let mut held = Vec::with_capacity(workers.len());
+        for worker in workers {
+            let page = worker.metrics_page().await.unwrap_or_default();
+            held.push(
+                inputs
+                    .iter()
+                    .map(|topic| {
+                        prom::sum(
+                            &page,
+                            "orderflow_consumer_assigned_partitions",
+                            &[("topic", topic.as_str())],
+                        )
+                    })
+                    .sum::<f64>(),
+            );
+        }
+        held
+    }
+
+    /// Waits until the workers hold every partition of the three input
+    /// topics between them, each worker some.
+    async fn wait_assigned(&self, workers: &[Worker]) -> anyhow::Result<()> {
+        let specs = orderflow::kafka::topics::load_specs(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../topics"),
+        )?;
+        let partitions: f64 = ["checkouts", "payment-confirmations", "cancellations"]
+            .iter()
+            .filter_map(|role| specs.iter().find(|s| s.role == *role))
+            .map(|s| f64::from(s.partitions))
+            .sum();
+        let started = Instant::now();
+        loop {
+            let held = self.inputs_held(workers).await;
+            if held.iter().sum::<f64>() >= partitions && held.iter().all(|&h| h > 0.0) {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(90) {
+                bail!("the workers held {held:?} of {partitions} input partitions after 90 s");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// A producer that sends one record per batch, so that every offset
+/// starts a batch (docs/tansu.md).
+fn single_record_producer(
+    settings: &orderflow::config::Settings,
+) -> anyhow::Result<rdkafka::producer::FutureProducer> {
+    orderflow::kafka::producer_config(settings)
+        .set("batch.num.messages", "1")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .context("failed to create a one-record-per-batch producer")
+}
+
+/// One checkout of the churn phase: its partition, when it was sent and
+/// when its order row was written (seconds since the epoch).
+#[derive(Debug, Clone, Copy)]
+struct Event {
+    partition: i32,
+    occurred: f64,
+    written: f64,
+}
+
+fn window(name: &str, events: &[Event], from: f64, to: f64) -> Window {
+    let mut ms: Vec<f64> = events
+        .iter()
+        .filter(|e| e.occurred >= from && e.occurred < to)
+        .map(|e| (e.written - e.occurred) * 1000.0)
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    Window {
+        name: name.to_owned(),
+        events: ms.len(),
+        p50_ms: percentile(&ms, 0.5),
+        p99_ms: percentile(&ms, 0.99),
+        max_ms: ms.last().copied().unwrap_or(0.0),
+    }
+}
+
+/// Per partition, the first event produced at or after `at` and how long
+/// after `at` it was written; the slowest partition says when all flowed.
+fn pause(what: &str, events: &[Event], at: f64) -> Pause {
+    let mut first: BTreeMap<i32, Event> = BTreeMap::new();
+    for e in events.iter().filter(|e| e.occurred >= at) {
+        first
+            .entry(e.partition)
+            .and_modify(|f| {
+                if e.occurred < f.occurred {
+                    *f = *e;
+                }
+            })
+            .or_insert(*e);
+    }
+    let after: Vec<f64> = first.values().map(|e| e.written - at).collect();
+    Pause {
+        what: what.to_owned(),
+        all_flowing_after_s: after.iter().copied().fold(0.0, f64::max),
+        partitions_stalled: after.iter().filter(|&&s| s > 1.0).count(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(partition: i32, occurred: f64, written: f64) -> Event {
+        Event {
+            partition,
+            occurred,
+            written,
+        }
+    }
+
+    #[test]
+    fn the_pause_is_the_slowest_partitions_first_write_after_the_fault() {
+        let events = [
+            ev(0, 9.9, 10.0),
+            ev(0, 10.1, 10.12),
+            ev(1, 10.05, 13.0),
+            ev(1, 10.2, 13.01),
+            ev(2, 10.3, 10.31),
+        ];
+        let p = pause("join", &events, 10.0);
+        assert!((p.all_flowing_after_s - 3.0).abs() < 1e-9);
+        assert_eq!(p.partitions_stalled, 1);
+    }
+
+    #[test]
+    fn a_window_counts_only_events_produced_within_it() {
+        let events = [ev(0, 1.0, 1.01), ev(0, 2.0, 2.5), ev(0, 3.0, 3.02)];
+        let w = window("w", &events, 1.5, 2.5);
+        assert_eq!(w.events, 1);
+        assert!((w.max_ms - 500.0).abs() < 1e-6);
+    }
+}
