@@ -105,7 +105,7 @@ impl Bench {
         if o.relay_rows > 0 && !o.relay_instances.is_empty() {
             report.relay = self.relay_scaling(o.relay_rows, &o.relay_instances).await?;
         }
-        if !o.instances.is_empty() && o.instance_checkouts > 0 {
+        if !o.instances.is_empty() {
             (report.scale, report.churn) = self.scale_out(o).await?;
         }
         Ok(report)

@@ -90,7 +90,7 @@ pub struct Options {
     /// one consumer group; an empty list skips the phase).
     #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
     pub instances: Vec<usize>,
-    /// Checkouts of the mix in each scale-out round (0 skips the phase).
+    /// Checkouts of the mix in each scale-out round (0 skips the rounds).
     #[arg(long, default_value_t = 20_000)]
     pub instance_checkouts: u64,
     /// Checkouts per second in the scale-out churn (a worker joins, one is

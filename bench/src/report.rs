@@ -167,12 +167,18 @@ impl Report {
                     ),
                 )
             }));
+            if churn.lost > 0 {
+                rows.push((
+                    "churn: checkouts never written".to_owned(),
+                    format!("{} (skipped by the broker, docs/tansu.md)", churn.lost),
+                ));
+            }
             rows.extend(churn.pauses.iter().map(|p| {
                 (
                     format!("churn: pause after the {}", p.what),
                     format!(
-                        "every partition flowing again after {:.2} s ({} over 1 s)",
-                        p.all_flowing_after_s, p.partitions_stalled
+                        "longest stall {:.2} s; every partition flowing again {:.2} s after the {} ({} stalled over 1 s)",
+                        p.longest_stall_s, p.all_flowing_after_s, p.what, p.partitions_stalled
                     ),
                 )
             }));

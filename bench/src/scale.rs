@@ -10,7 +10,8 @@
 //! - **Churn** (first; when the largest N is at least 2): N − 1 workers consume
 //!   checkouts produced at `--churn-rate` per second for `--churn-secs`; a
 //!   worker joins at a third of the time and one of the first is SIGKILLed at
-//!   two thirds. Latency is produce → order row written (the row's
+//!   two thirds, on the worker's own producer settings (checkouts the broker
+//!   skips are counted, not waited for). Latency is produce → order row written (the row's
 //!   `created_at` against the `occurred_at` the benchmark stamped at send;
 //!   the commit follows within the batch), read from the database so the
 //!   killed worker's events count too. The pause of a join or a kill is the
@@ -65,9 +66,11 @@ pub struct Window {
 #[derive(Debug, Default, Serialize)]
 pub struct Pause {
     pub what: String,
-    /// The fault → every partition has written an event produced after it.
+    /// The longest any partition wrote nothing around the fault.
+    pub longest_stall_s: f64,
+    /// The fault → the end of the last stall over 0.5 s (0 if none).
     pub all_flowing_after_s: f64,
-    /// Partitions that took longer than a second.
+    /// Partitions that stopped for more than a second.
     pub partitions_stalled: usize,
 }
 
@@ -76,6 +79,8 @@ pub struct Churn {
     pub rate: u64,
     pub seconds: u64,
     pub workers_before: usize,
+    /// Checkouts sent and never written (skipped by Tansu; 0 on Kafka).
+    pub lost: u64,
     pub windows: Vec<Window>,
     pub pauses: Vec<Pause>,
 }
@@ -100,7 +105,9 @@ impl Bench {
         };
         let mut rounds = Vec::new();
         for (i, &n) in o.instances.iter().enumerate() {
-            rounds.push(self.scale_round(n, o.instance_checkouts, i).await?);
+            if o.instance_checkouts > 0 {
+                rounds.push(self.scale_round(n, o.instance_checkouts, i).await?);
+            }
         }
         Ok((rounds, churn))
     }
@@ -232,9 +239,14 @@ impl Bench {
         ));
         let mut workers = self.spawn_workers(first).await?;
         self.wait_assigned(&workers).await?;
-        // One record per batch: the join and the kill move partitions, and
-        // their new owners start at committed offsets (docs/tansu.md).
-        let producer = single_record_producer(self.settings())?;
+        // The worker's own producer settings (5 ms linger), as in the
+        // latency phase: at this rate a batch mostly holds one record per
+        // partition. One record per batch always would rule out Tansu's
+        // mid-batch skip, but Tansu takes those at a few thousand per second
+        // and the producer's queue, not orderflow, set the latency (p99 1.2 s
+        // before any fault, 30 Nov). A checkout lost to the skip is counted
+        // and left out of the figures.
+        let producer = self.latency_producer.clone();
         let topic = self.settings().topics.checkouts.clone();
         let started = Instant::now();
         let sender = tokio::spawn(async move {
@@ -290,11 +302,13 @@ impl Bench {
             if rows.len() as i64 >= total {
                 break rows;
             }
-            if waited.elapsed() > Duration::from_secs(180) {
-                bail!(
-                    "churn: {} of {total} checkouts written 180 s after the last was sent",
+            if waited.elapsed() > Duration::from_secs(120) {
+                progress(format!(
+                    "  {} of {total} checkouts written 120 s after the last was sent: the rest \
+                     were skipped by the broker (docs/tansu.md) and are left out",
                     rows.len()
-                );
+                ));
+                break rows;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
@@ -318,6 +332,7 @@ impl Bench {
             rate,
             seconds: secs,
             workers_before: first,
+            lost: total as u64 - events.len() as u64,
             windows: vec![
                 window("steady (before the join)", &events, begin + 2.0, join),
                 window("join → +10 s", &events, join, join + 10.0),
@@ -334,8 +349,8 @@ impl Bench {
         }
         for p in &churn.pauses {
             progress(format!(
-                "  {}: every partition flowing again after {:.2} s ({} stalled over 1 s)",
-                p.what, p.all_flowing_after_s, p.partitions_stalled
+                "  {}: longest stall {:.2} s; every partition flowing again {:.2} s after it ({} stalled over 1 s)",
+                p.what, p.longest_stall_s, p.all_flowing_after_s, p.partitions_stalled
             ));
         }
         Ok(churn)
@@ -426,25 +441,36 @@ fn window(name: &str, events: &[Event], from: f64, to: f64) -> Window {
     }
 }
 
-/// Per partition, the first event produced at or after `at` and how long
-/// after `at` it was written; the slowest partition says when all flowed.
+/// How long writes stopped around a fault at `at`: per partition, the
+/// longest gap between consecutive order rows written (in write order) that
+/// ends after `at` and starts before `at` + 30 s. A partition that kept
+/// flowing shows gaps of a few ms (500 checkouts/s over 6 partitions); one
+/// that was revoked and reassigned shows the whole pause, from its last
+/// write before the fault to its first after.
 fn pause(what: &str, events: &[Event], at: f64) -> Pause {
-    let mut first: BTreeMap<i32, Event> = BTreeMap::new();
-    for e in events.iter().filter(|e| e.occurred >= at) {
-        first
-            .entry(e.partition)
-            .and_modify(|f| {
-                if e.occurred < f.occurred {
-                    *f = *e;
-                }
-            })
-            .or_insert(*e);
+    let mut by_partition: BTreeMap<i32, Vec<f64>> = BTreeMap::new();
+    for e in events {
+        by_partition.entry(e.partition).or_default().push(e.written);
     }
-    let after: Vec<f64> = first.values().map(|e| e.written - at).collect();
+    let mut stalls = Vec::new();
+    for writes in by_partition.values_mut() {
+        writes.sort_by(f64::total_cmp);
+        let longest = writes
+            .windows(2)
+            .filter(|w| w[1] > at && w[0] < at + 30.0)
+            .map(|w| (w[1] - w[0], w[1]))
+            .fold((0.0, at), |a, b| if b.0 > a.0 { b } else { a });
+        stalls.push(longest);
+    }
     Pause {
         what: what.to_owned(),
-        all_flowing_after_s: after.iter().copied().fold(0.0, f64::max),
-        partitions_stalled: after.iter().filter(|&&s| s > 1.0).count(),
+        longest_stall_s: stalls.iter().map(|s| s.0).fold(0.0, f64::max),
+        all_flowing_after_s: stalls
+            .iter()
+            .filter(|s| s.0 > 0.5)
+            .map(|s| s.1 - at)
+            .fold(0.0, f64::max),
+        partitions_stalled: stalls.iter().filter(|s| s.0 > 1.0).count(),
     }
 }
 
@@ -461,17 +487,31 @@ mod tests {
     }
 
     #[test]
-    fn the_pause_is_the_slowest_partitions_first_write_after_the_fault() {
-        let events = [
-            ev(0, 9.9, 10.0),
-            ev(0, 10.1, 10.12),
-            ev(1, 10.05, 13.0),
-            ev(1, 10.2, 13.01),
-            ev(2, 10.3, 10.31),
-        ];
+    fn a_pause_is_the_longest_write_gap_of_any_partition_around_the_fault() {
+        let mut events = Vec::new();
+        // Partition 0 flows: a write every 10 ms from t = 0 to 20.
+        // Partition 1 stops at 11.0 (after the fault at 10) and resumes at
+        // 14.0. Partition 2 has an old gap, before the window.
+        for i in 0..2000 {
+            let t = f64::from(i) * 0.01;
+            events.push(ev(0, t, t + 0.005));
+            let w = if (11.0..14.0).contains(&t) {
+                14.0
+            } else {
+                t + 0.005
+            };
+            events.push(ev(1, t, w));
+            if !(2.0..4.0).contains(&t) {
+                events.push(ev(2, t, t + 0.005));
+            }
+        }
         let p = pause("join", &events, 10.0);
-        assert!((p.all_flowing_after_s - 3.0).abs() < 1e-9);
+        assert!((p.longest_stall_s - 3.0).abs() < 0.02, "{p:?}");
+        assert!((p.all_flowing_after_s - 4.0).abs() < 0.02, "{p:?}");
         assert_eq!(p.partitions_stalled, 1);
+        let calm = pause("calm", &events, 16.0);
+        assert!(calm.longest_stall_s < 0.02, "{calm:?}");
+        assert_eq!(calm.all_flowing_after_s, 0.0);
     }
 
     #[test]
