@@ -339,7 +339,10 @@ impl Bench {
                 window("kill → end", &events, kill, end + 1.0),
                 window("whole phase", &events, begin, end + 1.0),
             ],
-            pauses: vec![pause("join", &events, join), pause("kill", &events, kill)],
+            pauses: vec![
+                pause("join", &events, join, kill.min(join + 30.0)),
+                pause("kill", &events, kill, kill + 30.0),
+            ],
         };
         for w in &churn.windows {
             progress(format!(
@@ -443,11 +446,11 @@ fn window(name: &str, events: &[Event], from: f64, to: f64) -> Window {
 
 /// How long writes stopped around a fault at `at`: per partition, the
 /// longest gap between consecutive order rows written (in write order) that
-/// ends after `at` and starts before `at` + 30 s. A partition that kept
+/// ends after `at` and starts before `until` (the next fault, or 30 s). A partition that kept
 /// flowing shows gaps of a few ms (500 checkouts/s over 6 partitions); one
 /// that was revoked and reassigned shows the whole pause, from its last
 /// write before the fault to its first after.
-fn pause(what: &str, events: &[Event], at: f64) -> Pause {
+fn pause(what: &str, events: &[Event], at: f64, until: f64) -> Pause {
     let mut by_partition: BTreeMap<i32, Vec<f64>> = BTreeMap::new();
     for e in events {
         by_partition.entry(e.partition).or_default().push(e.written);
@@ -457,7 +460,7 @@ fn pause(what: &str, events: &[Event], at: f64) -> Pause {
         writes.sort_by(f64::total_cmp);
         let longest = writes
             .windows(2)
-            .filter(|w| w[1] > at && w[0] < at + 30.0)
+            .filter(|w| w[1] > at && w[0] < until)
             .map(|w| (w[1] - w[0], w[1]))
             .fold((0.0, at), |a, b| if b.0 > a.0 { b } else { a });
         stalls.push(longest);
@@ -505,12 +508,15 @@ mod tests {
                 events.push(ev(2, t, t + 0.005));
             }
         }
-        let p = pause("join", &events, 10.0);
+        let p = pause("join", &events, 10.0, 40.0);
         assert!((p.longest_stall_s - 3.0).abs() < 0.02, "{p:?}");
         assert!((p.all_flowing_after_s - 4.0).abs() < 0.02, "{p:?}");
         assert_eq!(p.partitions_stalled, 1);
-        let calm = pause("calm", &events, 16.0);
+        let calm = pause("calm", &events, 16.0, 46.0);
         assert!(calm.longest_stall_s < 0.02, "{calm:?}");
+        // A stall that starts after `until` belongs to the next fault.
+        let before = pause("before", &events, 5.0, 10.5);
+        assert!(before.longest_stall_s < 0.02, "{before:?}");
         assert_eq!(calm.all_flowing_after_s, 0.0);
     }
 
