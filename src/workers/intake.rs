@@ -79,16 +79,24 @@ impl ClientContext for LoopContext {
             self.metrics.consumer_contact(&self.topic);
         }
         if let Some(topic) = stats.topics.get(&self.topic) {
-            for (partition, p) in &topic.partitions {
-                // -1 is librdkafka's internal "unassigned" partition; a lag of
-                // -1 means "not known yet" (nothing fetched or committed).
-                if *partition >= 0 && p.consumer_lag >= 0 {
-                    self.metrics
-                        .set_consumer_lag(&self.topic, *partition, p.consumer_lag);
-                }
+            let assigned = self.assignment.borrow().clone();
+            let lags = topic.partitions.iter().map(|(n, p)| (*n, p.consumer_lag));
+            for (partition, lag) in owned_lags(lags, &assigned) {
+                self.metrics.set_consumer_lag(&self.topic, partition, lag);
             }
         }
     }
+}
+
+/// The lags worth exporting among librdkafka's per-partition statistics:
+/// those of partitions this loop holds, once known. The statistics list
+/// every partition of the topic, with the last lag seen for those it no
+/// longer holds (exported, that showed lag on a partition another instance
+/// was keeping at 0); -1 is librdkafka's internal "unassigned" partition,
+/// and a lag of -1 means "not known yet".
+fn owned_lags(lags: impl Iterator<Item = (i32, i64)>, assigned: &[i32]) -> Vec<(i32, i64)> {
+    lags.filter(|(partition, lag)| *partition >= 0 && *lag >= 0 && assigned.contains(partition))
+        .collect()
 }
 
 impl ConsumerContext for LoopContext {
@@ -232,5 +240,20 @@ impl<'c> Intake<'c> {
     /// What is already there, without waiting.
     pub(super) fn ready(&mut self) -> Option<Received> {
         self.next().now_or_never()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exports_the_lag_of_held_partitions_only() {
+        let stats = [(0, 5), (1, 3_904), (-1, 0), (2, -1), (3, 0)];
+        assert_eq!(
+            owned_lags(stats.into_iter(), &[0, 2, 3]),
+            vec![(0, 5), (3, 0)]
+        );
+        assert!(owned_lags(stats.into_iter(), &[]).is_empty());
     }
 }
