@@ -11,26 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use orderflow_testkit::Worker;
-use serde::Serialize;
 
-use crate::cpu::{self, CpuTimes};
+use crate::cpu;
 use crate::harness::Bench;
 use crate::progress;
-
-/// One round of the relay phase.
-#[derive(Debug, Default, Serialize)]
-pub struct RelayRound {
-    pub instances: usize,
-    pub rows: u64,
-    pub seconds: f64,
-    pub rows_per_s: f64,
-    /// Rows each instance published (`orderflow_outbox_published_total`),
-    /// and the shards it held when the rows were committed.
-    pub per_instance: Vec<(u64, u32)>,
-    /// CPU ms per 1,000 rows: every relay process together (`worker`),
-    /// PostgreSQL, the broker, the machine.
-    pub cpu: CpuTimes,
-}
+use crate::report::RelayRound;
 
 impl Bench {
     /// The relay phase, for each instance count in `instances`.

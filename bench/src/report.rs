@@ -1,6 +1,8 @@
-//! The result of a run: one table, and JSON with `--json`.
+//! The result of a run and of each phase: one table, and JSON with `--json`.
 
 use serde::Serialize;
+
+use crate::cpu::CpuTimes;
 
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
@@ -58,8 +60,8 @@ pub struct Report {
     pub analytics_throughput_with: f64,
     pub analytics_rounds: u64,
     /// CPU ms per 1,000 input events in those bursts (means).
-    pub analytics_cpu_without: Option<crate::cpu::CpuTimes>,
-    pub analytics_cpu_with: Option<crate::cpu::CpuTimes>,
+    pub analytics_cpu_without: Option<CpuTimes>,
+    pub analytics_cpu_with: Option<CpuTimes>,
     /// The longest a burst's last order events were counted after its
     /// inputs were committed.
     pub analytics_burst_trailing_s: f64,
@@ -72,11 +74,11 @@ pub struct Report {
     /// Rows, WAL and CPU per 1,000 events of each kind.
     pub cost: Vec<EventCost>,
     /// The relay phase: 1, 2, 3… relays publishing a backlog.
-    pub relay: Vec<crate::relay::RelayRound>,
+    pub relay: Vec<RelayRound>,
     /// The scale-out phase: 1, 2, 3… workers through one mix.
-    pub scale: Vec<crate::scale::ScaleRound>,
+    pub scale: Vec<ScaleRound>,
     /// A worker joins, one is killed, under a steady rate.
-    pub churn: Option<crate::scale::Churn>,
+    pub churn: Option<Churn>,
 }
 
 /// One route under closed-loop load: `connections` clients, each sending its
@@ -409,8 +411,73 @@ pub struct EventCost {
     /// pg_waldump could not read the server's WAL).
     pub wal_by_relation: Vec<crate::waldump::WalShare>,
     /// CPU ms.
-    pub cpu: crate::cpu::CpuTimes,
+    pub cpu: CpuTimes,
     /// (table, inserted, updated, deleted) per 1,000 events, the tables
     /// written.
     pub by_table: Vec<(String, f64, f64, f64)>,
+}
+
+/// One round of the relay phase.
+#[derive(Debug, Default, Serialize)]
+pub struct RelayRound {
+    pub instances: usize,
+    pub rows: u64,
+    pub seconds: f64,
+    pub rows_per_s: f64,
+    /// Rows each instance published (`orderflow_outbox_published_total`),
+    /// and the shards it held when the rows were committed.
+    pub per_instance: Vec<(u64, u32)>,
+    /// CPU ms per 1,000 rows: every relay process together (`worker`),
+    /// PostgreSQL, the broker, the machine.
+    pub cpu: CpuTimes,
+}
+
+/// One round: N workers through one mix.
+#[derive(Debug, Default, Serialize)]
+pub struct ScaleRound {
+    pub instances: usize,
+    pub events: u64,
+    /// Workers' start → last input committed.
+    pub seconds: f64,
+    pub events_per_s: f64,
+    /// Between 10 % and 90 % of the inputs committed.
+    pub steady_events_per_s: f64,
+    /// Each worker's share of the input topics' partitions at the end, %.
+    pub partition_shares: Vec<f64>,
+    /// CPU ms per 1,000 events: every worker together (`worker`),
+    /// PostgreSQL, the broker, the machine.
+    pub cpu: CpuTimes,
+}
+
+/// Latency of the checkouts produced in one window of the churn phase.
+#[derive(Debug, Default, Serialize)]
+pub struct Window {
+    pub name: String,
+    pub events: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// A join or a kill during the churn phase.
+#[derive(Debug, Default, Serialize)]
+pub struct Pause {
+    pub what: String,
+    /// The longest any partition wrote nothing around the fault.
+    pub longest_stall_s: f64,
+    /// The fault → the end of the last stall over 0.5 s (0 if none).
+    pub all_flowing_after_s: f64,
+    /// Partitions that stopped for more than a second.
+    pub partitions_stalled: usize,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Churn {
+    pub rate: u64,
+    pub seconds: u64,
+    pub workers_before: usize,
+    /// Checkouts sent and never written (skipped by Tansu; 0 on Kafka).
+    pub lost: u64,
+    pub windows: Vec<Window>,
+    pub pauses: Vec<Pause>,
 }

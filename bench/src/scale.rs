@@ -28,62 +28,11 @@ use orderflow::produce::{enqueue, sample_checkout};
 use orderflow_testkit::{prom, Worker};
 use rand::SeedableRng;
 use rdkafka::producer::future_producer::DeliveryFuture;
-use serde::Serialize;
 
-use crate::cpu::{self, CpuTimes};
+use crate::cpu;
 use crate::harness::Bench;
-use crate::report::percentile;
+use crate::report::{percentile, Churn, Pause, ScaleRound, Window};
 use crate::{progress, Options};
-
-/// One round: N workers through one mix.
-#[derive(Debug, Default, Serialize)]
-pub struct ScaleRound {
-    pub instances: usize,
-    pub events: u64,
-    /// Workers' start → last input committed.
-    pub seconds: f64,
-    pub events_per_s: f64,
-    /// Between 10 % and 90 % of the inputs committed.
-    pub steady_events_per_s: f64,
-    /// Each worker's share of the input topics' partitions at the end, %.
-    pub partition_shares: Vec<f64>,
-    /// CPU ms per 1,000 events: every worker together (`worker`),
-    /// PostgreSQL, the broker, the machine.
-    pub cpu: CpuTimes,
-}
-
-/// Latency of the checkouts produced in one window of the churn phase.
-#[derive(Debug, Default, Serialize)]
-pub struct Window {
-    pub name: String,
-    pub events: usize,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
-}
-
-/// A join or a kill during the churn phase.
-#[derive(Debug, Default, Serialize)]
-pub struct Pause {
-    pub what: String,
-    /// The longest any partition wrote nothing around the fault.
-    pub longest_stall_s: f64,
-    /// The fault → the end of the last stall over 0.5 s (0 if none).
-    pub all_flowing_after_s: f64,
-    /// Partitions that stopped for more than a second.
-    pub partitions_stalled: usize,
-}
-
-#[derive(Debug, Default, Serialize)]
-pub struct Churn {
-    pub rate: u64,
-    pub seconds: u64,
-    pub workers_before: usize,
-    /// Checkouts sent and never written (skipped by Tansu; 0 on Kafka).
-    pub lost: u64,
-    pub windows: Vec<Window>,
-    pub pauses: Vec<Pause>,
-}
 
 impl Bench {
     /// Every round of `--instances`, then the churn phase.
