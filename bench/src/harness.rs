@@ -236,8 +236,9 @@ impl Bench {
             report.latency_p50_ms,
             report.latency_p95_ms,
             report.latency_p99_ms,
+            report.latency_p999_ms,
             report.latency_max_ms,
-        ) = (ms(0.5), ms(0.95), ms(0.99), ms(1.0));
+        ) = (ms(0.5), ms(0.95), ms(0.99), ms(0.999), ms(1.0));
         progress("latency floor: the broker alone (produce → consume, no orderflow), 5 s");
         (report.broker_floor_p50_ms, report.broker_floor_p99_ms) =
             self.broker_floor(o.latency_rate, 5).await?;

@@ -22,6 +22,8 @@ pub struct Report {
     pub latency_p50_ms: f64,
     pub latency_p95_ms: f64,
     pub latency_p99_ms: f64,
+    pub latency_p999_ms: f64,
+    /// The upper bound of the highest bucket the histogram filled.
     pub latency_max_ms: f64,
     /// Produce → consume through the broker alone at the same rate.
     pub broker_floor_p50_ms: f64,
@@ -353,10 +355,11 @@ impl Report {
             (
                 "latency produce → commit".into(),
                 format!(
-                    "p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} events at {}/s)",
+                    "p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max ≤ {:.1} ms ({} events at {}/s)",
                     self.latency_p50_ms,
                     self.latency_p95_ms,
                     self.latency_p99_ms,
+                    self.latency_p999_ms,
                     self.latency_max_ms,
                     self.latency_events,
                     self.latency_rate_per_s
