@@ -99,8 +99,8 @@ pub async fn append(conn: &mut PgConnection, records: &[NewRecord]) -> sqlx::Res
              INSERT INTO order_feed (user_id, seq, order_id, event_type, body)
              SELECT user_id, seq, order_id, event_type, body::json FROM numbered
          ), queued AS (
-             INSERT INTO outbox (kind, topic, key, feed_user_id, feed_seq)
-             SELECT 'order_event', topic, convert_to(order_id, 'UTF8'), user_id, seq
+             INSERT INTO outbox (kind, topic, key, headers, feed_user_id, feed_seq)
+             SELECT 'order_event', topic, convert_to(order_id, 'UTF8'), NULL::jsonb, user_id, seq
              FROM numbered ORDER BY n
              RETURNING 1
          )
