@@ -36,8 +36,8 @@ pub struct FeedRow {
 }
 
 /// Whether [`append`] takes `record`: an order event with its key (the
-/// order id) and `event_type` header. The others go to the outbox as they
-/// are (`outbox::enqueue_many`).
+/// order id) whose only header is its `event_type`. The others go to the
+/// outbox as they are (`outbox::enqueue_many`).
 pub fn carries(record: &NewRecord) -> bool {
     carried(record).is_some()
 }
