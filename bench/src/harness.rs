@@ -291,6 +291,23 @@ impl Bench {
         Ok(())
     }
 
+    /// Kills `workers` (those still running) and frees their relay leases
+    /// and memberships, which would hold the next round's shards until they
+    /// expired.
+    pub(crate) async fn kill_workers(&self, workers: Vec<Worker>) -> anyhow::Result<()> {
+        for mut worker in workers {
+            if worker.pid().is_some() {
+                worker.kill().await?;
+            }
+        }
+        for table in ["relay_leases", "relay_members"] {
+            sqlx::query(&format!("DELETE FROM {table}"))
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn worker(&self) -> anyhow::Result<&Worker> {
         self.worker.as_ref().context("no worker running")
     }

@@ -89,16 +89,7 @@ impl Bench {
                 done.rows_per_s, done.per_instance, done.cpu.worker, done.cpu.postgres, done.cpu.broker
             ));
             rounds.push(done);
-            for mut relay in relays {
-                relay.kill().await?;
-            }
-            // Leases of the killed relays must not hold up the next round.
-            sqlx::query("DELETE FROM relay_leases")
-                .execute(&self.pool)
-                .await?;
-            sqlx::query("DELETE FROM relay_members")
-                .execute(&self.pool)
-                .await?;
+            self.kill_workers(relays).await?;
         }
         Ok(rounds)
     }

@@ -157,8 +157,8 @@ impl Bench {
         try_join_all((0..n).map(|_| Worker::spawn(&self.binary, self.settings(), &[]))).await
     }
 
-    /// Waits for the outbox to drain, then kills the workers and frees
-    /// their relay leases (which would hold the next round's shards).
+    /// Waits for the outbox to drain, then kills the workers
+    /// ([`Bench::kill_workers`]).
     async fn stop_workers(&self, workers: Vec<Worker>) -> anyhow::Result<()> {
         let started = Instant::now();
         while orderflow::store::outbox::backlog(&self.pool).await?.0 > 0
@@ -166,17 +166,7 @@ impl Bench {
         {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        for mut worker in workers {
-            if worker.pid().is_some() {
-                worker.kill().await?;
-            }
-        }
-        for table in ["relay_leases", "relay_members"] {
-            sqlx::query(&format!("DELETE FROM {table}"))
-                .execute(&self.pool)
-                .await?;
-        }
-        Ok(())
+        self.kill_workers(workers).await
     }
 
     async fn churn(&mut self, first: usize, rate: u64, secs: u64) -> anyhow::Result<Churn> {
