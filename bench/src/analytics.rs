@@ -323,10 +323,7 @@ const PRELOAD: [&str; 2] = [
             CASE WHEN g % 10 < 6 THEN 'pre-p' || g END, CASE WHEN g % 10 < 6 THEN 3234 END, t, t
      FROM generate_series(1, $1) AS g,
           LATERAL (SELECT now() - (g % 90) * interval '1 day' - (g % 86399) * interval '1 second' AS t) AS x",
-    "INSERT INTO order_status_history (order_id, from_status, to_status, cause_event_id, at)
-     SELECT order_id, NULL, 'PENDING_PAYMENT', checkout_event_id, created_at
-     FROM orders WHERE order_id LIKE 'pre-%' AND $1 >= 0
-     UNION ALL
+    "INSERT INTO order_status_changes (order_id, from_status, to_status, cause_event_id, at)
      SELECT order_id, 'PENDING_PAYMENT', 'PAID', 'pre-pe' || order_id,
             created_at + (length(order_id) * 37 % 600) * interval '1 second'
      FROM orders WHERE order_id LIKE 'pre-%' AND status = 'PAID' AND $1 >= 0",

@@ -500,8 +500,8 @@ FROM (
            count(*) FILTER (WHERE h.to_status = 'PAYMENT_FAILED'),
            count(*) FILTER (WHERE h.to_status = 'CANCELLED'),
            COALESCE(sum(o.paid_amount_minor) FILTER (WHERE h.to_status = 'PAID'), 0), 0, 0
-    FROM order_status_history h JOIN orders o USING (order_id)
-    WHERE h.at >= $1 AND h.from_status IS NOT NULL
+    FROM order_status_changes h JOIN orders o USING (order_id)
+    WHERE h.at >= $1
       AND h.to_status IN ('PAID', 'PAYMENT_FAILED', 'CANCELLED')
     GROUP BY 1, 2
     UNION ALL
@@ -515,8 +515,8 @@ const REBUILD_TIME_TO_PAY: &str = "
 INSERT INTO analytics_time_to_pay (day, currency, part, le_seconds, orders)
 SELECT (h.at AT TIME ZONE 'UTC')::date, o.currency, $2,
        analytics_le_seconds((extract(epoch FROM h.at - o.created_at) * 1000)::bigint), count(*)
-FROM order_status_history h JOIN orders o USING (order_id)
-WHERE h.at >= $1 AND h.from_status IS NOT NULL AND h.to_status = 'PAID'
+FROM order_status_changes h JOIN orders o USING (order_id)
+WHERE h.at >= $1 AND h.to_status = 'PAID'
 GROUP BY 1, 2, 4";
 
 const REBUILD_PRODUCTS: &str = "

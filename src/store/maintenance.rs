@@ -5,7 +5,7 @@ use anyhow::Context;
 use sqlx::{PgConnection, PgPool};
 
 /// The tables the workers write.
-const WRITTEN_TABLES: &str = "orders, order_status_history, processed_events, payments, refunds, parked_events, outbox, order_feed, feed_heads, analytics_claims, analytics_daily, analytics_time_to_pay, analytics_products";
+const WRITTEN_TABLES: &str = "orders, order_status_changes, processed_events, payments, refunds, parked_events, outbox, order_feed, feed_heads, analytics_claims, analytics_daily, analytics_time_to_pay, analytics_products";
 
 /// Whether the database answers at all.
 pub async fn ping(pool: &PgPool) -> bool {

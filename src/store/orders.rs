@@ -1,5 +1,5 @@
-//! Writes to `orders` (lines included, as `items`) and
-//! `order_status_history`, and the
+//! Writes to `orders` (lines included, as `items`; its creation is its own
+//! first status-history row) and `order_status_changes`, and the
 //! reads the checkout decisions need. Every write is one set-based statement
 //! for a whole batch; callers hold the orders' locks.
 
@@ -33,7 +33,9 @@ pub struct NewOrder {
     pub item_count: i64,
     pub payment_method: String,
     pub shipping_address: serde_json::Value,
-    pub billing_address: serde_json::Value,
+    /// `None` when it is the shipping address (stored NULL, read back as
+    /// the shipping address).
+    pub billing_address: Option<serde_json::Value>,
     pub rejection_reason: Option<String>,
     pub checkout_event_id: EventId,
     pub checkout_occurred_at: DateTime<Utc>,
@@ -111,7 +113,12 @@ pub async fn insert_many(
     .bind(col(&|o| Some(o.item_count)))
     .bind(text(&|o| o.payment_method.clone()))
     .bind(text(&|o| o.shipping_address.to_string()))
-    .bind(text(&|o| o.billing_address.to_string()))
+    .bind(
+        orders
+            .iter()
+            .map(|o| o.billing_address.as_ref().map(ToString::to_string))
+            .collect::<Vec<_>>(),
+    )
     .bind(
         orders
             .iter()
@@ -149,11 +156,13 @@ pub async fn existing(
     .await
 }
 
-/// One status-history row; `from` is `None` for the row that creates an order.
+/// One status change of an existing order (`order_status_changes`; the
+/// order's creation is its row in `orders`, and the `order_status_history`
+/// view shows both).
 #[derive(Debug, Clone)]
 pub struct Transition {
     pub order_id: OrderId,
-    pub from: Option<OrderStatus>,
+    pub from: OrderStatus,
     pub to: OrderStatus,
     pub cause_event_id: EventId,
     pub reason: Option<String>,
@@ -170,12 +179,12 @@ pub async fn append_history(
         return Ok(());
     }
     let ids: Vec<&str> = rows.iter().map(|r| r.order_id.as_str()).collect();
-    let from: Vec<Option<&str>> = rows.iter().map(|r| r.from.map(|s| s.as_str())).collect();
+    let from: Vec<&str> = rows.iter().map(|r| r.from.as_str()).collect();
     let to: Vec<&str> = rows.iter().map(|r| r.to.as_str()).collect();
     let causes: Vec<&str> = rows.iter().map(|r| r.cause_event_id.as_str()).collect();
     let reasons: Vec<Option<&str>> = rows.iter().map(|r| r.reason.as_deref()).collect();
     sqlx::query(
-        "INSERT INTO order_status_history (order_id, from_status, to_status, cause_event_id, reason, at)
+        "INSERT INTO order_status_changes (order_id, from_status, to_status, cause_event_id, reason, at)
          SELECT o, f, t, c, r, $6 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
               WITH ORDINALITY AS u(o, f, t, c, r, n) ORDER BY n",
     )

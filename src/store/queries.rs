@@ -10,7 +10,7 @@ const ORDER_FIELDS: &str = "
     'currency', o.currency, 'subtotal_minor', o.subtotal_minor, 'tax_minor', o.tax_minor,
     'tax_rate_ppm', o.tax_rate_ppm, 'shipping_minor', o.shipping_minor, 'total_minor', o.total_minor,
     'item_count', o.item_count, 'payment_method', o.payment_method,
-    'shipping_address', o.shipping_address, 'billing_address', o.billing_address,
+    'shipping_address', o.shipping_address, 'billing_address', COALESCE(o.billing_address, o.shipping_address),
     'rejection_reason', o.rejection_reason, 'checkout_event_id', o.checkout_event_id,
     'checkout_occurred_at', o.checkout_occurred_at, 'created_at', o.created_at, 'updated_at', o.updated_at,
     'items', o.items";

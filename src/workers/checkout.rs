@@ -256,7 +256,8 @@ fn new_order(ev: &CheckoutEvent, priced: &Result<PricedOrder, Rejection>) -> New
         item_count,
         payment_method: truncate_chars(&ev.payment_method, MAX_FIELD_LEN),
         shipping_address: address_json(&ev.shipping_address),
-        billing_address: address_json(&ev.billing_address),
+        billing_address: (ev.billing_address != ev.shipping_address)
+            .then(|| address_json(&ev.billing_address)),
         rejection_reason: rejection,
         checkout_event_id: ev.event_id.clone(),
         checkout_occurred_at: ev.occurred_at,

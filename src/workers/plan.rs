@@ -98,15 +98,9 @@ impl Plan {
         }
     }
 
-    /// Creates an order (in `order.status`), with its first history row.
+    /// Creates an order (in `order.status`). Its first history row is the
+    /// order row itself (`order_status_history` derives it).
     pub fn create_order(&mut self, order: NewOrder) {
-        self.changes.history.push(Transition {
-            order_id: order.order_id.clone(),
-            from: None,
-            to: order.status,
-            cause_event_id: order.checkout_event_id.clone(),
-            reason: order.rejection_reason.clone(),
-        });
         self.created
             .insert(order.order_id.clone(), self.changes.orders.len());
         self.changes.orders.push(order);
@@ -123,7 +117,7 @@ impl Plan {
     ) {
         self.changes.history.push(Transition {
             order_id: order_id.clone(),
-            from: Some(from),
+            from,
             to,
             cause_event_id: cause.clone(),
             reason,
@@ -241,6 +235,7 @@ mod tests {
             }]
         );
         assert_eq!(changes.history.len(), 2);
+        assert_eq!(changes.history[1].from, Paid);
         assert_eq!(
             tally.transitions,
             [(PendingPayment, Paid), (Paid, Cancelled)]

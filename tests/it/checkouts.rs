@@ -29,6 +29,10 @@ async fn a_checkout_becomes_a_priced_order_with_an_order_created_event() {
     assert_eq!(order["history"].as_array().unwrap().len(), 1);
     assert_eq!(order["history"][0]["to_status"], "PENDING_PAYMENT");
     assert_eq!(order["history"][0]["cause_event_id"], ev.event_id.as_str());
+    assert!(order["history"][0]["from_status"].is_null());
+    assert_eq!(order["history"][0]["at"], order["created_at"]);
+    assert_eq!(order["billing_address"], order["shipping_address"]);
+    assert_eq!(order["billing_address"]["city"], "San Francisco");
 
     let records = env
         .read_topic(&env.settings.topics.order_events, 1, Duration::ZERO)
@@ -50,6 +54,34 @@ async fn a_checkout_becomes_a_priced_order_with_an_order_created_event() {
     );
     // Published rows are marked sent.
     env.wait_count("SELECT count(*) FROM outbox", 0).await;
+
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_billing_address_is_stored_once_when_it_is_the_shipping_address() {
+    let env = TestEnv::new().await;
+    let app = env.start().await;
+    let same = checkout("ord-same", 111, 7);
+    let mut other = checkout("ord-other", 112, 7);
+    other.billing_address.street = "9 Billing Road".into();
+    other.billing_address.country = "DE".into();
+    env.produce_checkout(&same).await;
+    env.produce_checkout(&other).await;
+
+    env.wait_count("SELECT count(*) FROM orders", 2).await;
+    let (_, order) = app.get("/orders/ord-same").await;
+    assert_eq!(order["billing_address"], order["shipping_address"]);
+    let (_, order) = app.get("/orders/ord-other").await;
+    assert_eq!(order["billing_address"]["street"], "9 Billing Road");
+    assert_eq!(order["billing_address"]["country"], "DE");
+    assert_eq!(order["shipping_address"]["country"], "US");
+    assert_eq!(
+        env.count("SELECT count(*) FROM orders WHERE billing_address IS NULL")
+            .await,
+        1,
+        "only the order whose addresses are equal stores no billing address"
+    );
 
     app.stop().await;
 }
