@@ -108,6 +108,9 @@ impl Bench {
         if !o.instances.is_empty() {
             (report.scale, report.churn) = self.scale_out(o).await?;
         }
+        if o.preload_orders > 0 {
+            report.size = Some(self.size(o).await?);
+        }
         Ok(report)
     }
 
@@ -286,7 +289,7 @@ impl Bench {
         Ok(())
     }
 
-    async fn start_worker(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn start_worker(&mut self) -> anyhow::Result<()> {
         self.worker = Some(Worker::spawn(&self.binary, self.settings(), &[]).await?);
         Ok(())
     }

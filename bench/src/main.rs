@@ -17,6 +17,7 @@ mod load;
 mod relay;
 mod report;
 mod scale;
+mod size;
 mod streams;
 mod waldump;
 
@@ -101,6 +102,17 @@ pub struct Options {
     /// Length of the churn, seconds (under 6 skips it).
     #[arg(long, default_value_t = 60)]
     pub churn_secs: u64,
+    /// Orders bulk-loaded between the two rounds of the size phase, which
+    /// runs last (0 skips it; the figure is for 10,000,000).
+    #[arg(long, default_value_t = 0)]
+    pub preload_orders: u64,
+    /// Days the preloaded orders were created over (the inbox and the feed
+    /// get rows only for those inside their retention windows).
+    #[arg(long, default_value_t = 90)]
+    pub preload_days: u64,
+    /// Checkouts of the mix in each of the size phase's two rounds.
+    #[arg(long, default_value_t = 20_000)]
+    pub size_checkouts: u64,
     /// Print the result as JSON as well.
     #[arg(long)]
     pub json: bool,

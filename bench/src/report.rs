@@ -81,6 +81,8 @@ pub struct Report {
     pub scale: Vec<ScaleRound>,
     /// A worker joins, one is killed, under a steady rate.
     pub churn: Option<Churn>,
+    /// The same round before and after millions of orders are loaded.
+    pub size: Option<SizeRun>,
 }
 
 /// One route under closed-loop load: `connections` clients, each sending its
@@ -186,6 +188,29 @@ impl Report {
                     ),
                 )
             }));
+        }
+        if let Some(size) = &self.size {
+            for (orders, round, reads) in [
+                (size.orders_before, &size.before, &size.status_reads_before),
+                (size.orders_after, &size.after, &size.status_reads_after),
+            ] {
+                rows.push((
+                    format!("size: 1 worker, {} events, {orders} orders in the database", round.events),
+                    format!(
+                        "{:.0} events/s ({:.0} between 10 % and 90 %); status reads (8 connections) {:.0} req/s, p99 {:.2} ms",
+                        round.events_per_s, round.steady_events_per_s, reads.requests_per_s, reads.p99_ms
+                    ),
+                ));
+            }
+            rows.push((
+                "size: after the preload / before".to_owned(),
+                format!(
+                    "{:.0} % ({:.0} MB database, loaded in {:.0} s)",
+                    size.ratio * 100.0,
+                    size.database_mb,
+                    size.preload_s
+                ),
+            ));
         }
         rows.extend(self.http.iter().map(|run| {
             let errors = match run.errors {
@@ -483,4 +508,20 @@ pub struct Churn {
     pub lost: u64,
     pub windows: Vec<Window>,
     pub pauses: Vec<Pause>,
+}
+
+/// What the size phase measured.
+#[derive(Debug, Default, Serialize)]
+pub struct SizeRun {
+    pub orders_before: i64,
+    pub orders_after: i64,
+    /// Size of the database after the preload, MB.
+    pub database_mb: f64,
+    pub preload_s: f64,
+    pub before: ScaleRound,
+    pub after: ScaleRound,
+    /// `after` over `before`, events/s between 10 % and 90 % committed.
+    pub ratio: f64,
+    pub status_reads_before: HttpRun,
+    pub status_reads_after: HttpRun,
 }
