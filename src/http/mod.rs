@@ -30,7 +30,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use sqlx::PgPool;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::telemetry::Metrics;
 
@@ -66,8 +66,14 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(middleware::from_fn_with_state(state.clone(), track))
         // A span per request (method, URI, version); its events log at
-        // debug level: RUST_LOG=tower_http=debug shows every request.
-        .layer(TraceLayer::new_for_http())
+        // debug level: RUST_LOG=tower_http=debug shows every request. Its
+        // failures too: a failed query is logged where it fails (ApiError),
+        // and a 503 from /readyz while starting is an answer, not an error
+        // (at the default ERROR, every readiness probe logged one).
+        .layer(
+            TraceLayer::new_for_http()
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
         .with_state(state)
 }
 
