@@ -33,7 +33,13 @@ pub struct Bench {
     pub ratios: (f64, f64),
 }
 
-pub async fn run(base: &Settings, options: &Options, binary: &Path) -> anyhow::Result<Report> {
+/// The whole run. A phase that fails ends it, but what the phases before it
+/// measured is returned with the error (a full run takes half an hour).
+pub async fn run(
+    base: &Settings,
+    options: &Options,
+    binary: &Path,
+) -> anyhow::Result<(Report, anyhow::Result<()>)> {
     let world = World::create(base, "bench", |_| {}).await?;
     progress(format!(
         "database orderflow_bench_{id}, topics bench-{id}-*",
@@ -62,12 +68,17 @@ pub async fn run(base: &Settings, options: &Options, binary: &Path) -> anyhow::R
         tables,
         ratios: (options.payment_ratio, options.cancellation_ratio),
     };
-    let result = bench.measure(options).await;
+    let mut report = Report {
+        checkouts: options.checkouts,
+        latency_rate_per_s: options.latency_rate,
+        ..Report::default()
+    };
+    let result = bench.measure(options, &mut report).await;
     if let Some(mut worker) = bench.worker.take() {
         let _ = worker.kill().await;
     }
     bench.pool.close().await;
-    result
+    Ok((report, result))
 }
 
 impl Bench {
@@ -75,20 +86,15 @@ impl Bench {
         &self.world.settings
     }
 
-    async fn measure(&mut self, o: &Options) -> anyhow::Result<Report> {
-        let mut report = Report {
-            checkouts: o.checkouts,
-            latency_rate_per_s: o.latency_rate,
-            ..Report::default()
-        };
-        self.baselines(o, &mut report).await?;
-        let mut peak = self.throughput(o, &mut report).await?;
+    async fn measure(&mut self, o: &Options, report: &mut Report) -> anyhow::Result<()> {
+        self.baselines(o, report).await?;
+        let mut peak = self.throughput(o, report).await?;
         let throughput_topics = self.settings().topics.clone();
         let order_events = self.count("SELECT count(*) FROM order_feed").await?;
         peak = peak.max(self.rss_mb().1);
-        self.latency(o, &mut report).await?;
+        self.latency(o, report).await?;
         peak = peak.max(self.rss_mb().0);
-        self.http(o, &mut report).await?;
+        self.http(o, report).await?;
         if o.cost_events > 0 {
             report.cost = self.cost(o.cost_events).await?;
         }
@@ -96,10 +102,10 @@ impl Bench {
         report.worker_rss_end_mb = now;
         report.worker_peak_rss_mb = peak.max(hwm);
         if o.sse_subscribers > 0 {
-            self.streams(o, &mut report).await?;
+            self.streams(o, report).await?;
         }
         if o.analytics {
-            self.analytics(o, &mut report, &throughput_topics, order_events)
+            self.analytics(o, report, &throughput_topics, order_events)
                 .await?;
         }
         if o.relay_rows > 0 && !o.relay_instances.is_empty() {
@@ -111,7 +117,7 @@ impl Bench {
         if o.preload_orders > 0 {
             report.size = Some(self.size(o).await?);
         }
-        Ok(report)
+        Ok(())
     }
 
     /// The database ceiling and the naive design, on rows of their own, with

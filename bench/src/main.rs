@@ -154,12 +154,15 @@ async fn run(options: Options) -> anyhow::Result<()> {
         "no worker binary at {} (build it: cargo build --release -p orderflow, or pass --worker)",
         worker.display()
     );
-    let report = harness::run(&settings, &options, &worker).await?;
+    let (report, result) = harness::run(&settings, &options, &worker).await?;
+    if result.is_err() {
+        println!("A phase failed; what the phases before it measured:");
+    }
     report.print_table();
     if options.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
-    Ok(())
+    result
 }
 
 /// Progress on stderr, so stdout holds only the result.

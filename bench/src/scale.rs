@@ -56,8 +56,14 @@ impl Bench {
         for (i, &n) in o.instances.iter().enumerate() {
             if o.instance_checkouts > 0 {
                 rounds.push(
-                    self.scale_round(n, o.instance_checkouts, i, Tally::Inbox)
-                        .await?,
+                    self.scale_round(
+                        n,
+                        o.instance_checkouts,
+                        i,
+                        Tally::Inbox,
+                        Batching::OneRecord,
+                    )
+                    .await?,
                 );
             }
         }
@@ -65,14 +71,15 @@ impl Bench {
     }
 
     /// N workers through `checkouts` checkouts of the mix on fresh topics
-    /// (`round` names them and the orders), timed to the last input
-    /// committed as `tally` counts it.
+    /// (`round` names them and the orders), produced as `batching` says,
+    /// timed to the last input committed as `tally` counts it.
     pub(crate) async fn scale_round(
         &mut self,
         n: usize,
         checkouts: u64,
         round: usize,
         tally: Tally,
+        batching: Batching,
     ) -> anyhow::Result<ScaleRound> {
         self.world
             .fresh_topics("bench", &format!("scale{round}"))
@@ -80,11 +87,15 @@ impl Bench {
         progress(format!(
             "scale-out: {n} worker(s), {checkouts} checkouts of the mix"
         ));
-        // One record per batch, produced before the workers start: their
-        // start-up rebalances move partitions, whose new owners read from
-        // committed offsets, and Tansu skips the rest of a batch read from
-        // inside (docs/tansu.md). Kafka does not.
-        let producer = single_record_producer(self.settings())?;
+        // Produced before the workers start. Several workers' start-up
+        // rebalances move partitions, whose new owners read from committed
+        // offsets, and Tansu skips the rest of a batch read from inside
+        // (docs/tansu.md; Kafka does not): their input goes one record per
+        // batch.
+        let producer = match batching {
+            Batching::OneRecord => single_record_producer(self.settings())?,
+            Batching::Bulk => self.producer.clone(),
+        };
         let cart_base = 5_000_000_000_000 + round as i64 * 1_000_000_000;
         let events = self
             .produce_mix_with(&producer, checkouts, &format!("s{round}"), cart_base)
@@ -387,6 +398,18 @@ pub(crate) enum Tally {
     /// The workers' own counters: costs the database nothing, however big
     /// it is; exact while no worker dies or hands partitions over.
     WorkerMetrics,
+}
+
+/// How a round's input is produced.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Batching {
+    /// One record per batch: several workers' start-up rebalances hand
+    /// partitions over mid-topic, and Tansu skips the rest of a batch read
+    /// from inside (docs/tansu.md). Tansu takes these at a few thousand per
+    /// second.
+    OneRecord,
+    /// The bulk loader's batches: for one worker, which hands nothing over.
+    Bulk,
 }
 
 /// A producer that sends one record per batch, so that every offset

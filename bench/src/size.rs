@@ -23,7 +23,7 @@ use rand::Rng;
 
 use crate::harness::Bench;
 use crate::report::{HttpRun, SizeRun};
-use crate::scale::Tally;
+use crate::scale::{Batching, Tally};
 use crate::{progress, Options};
 
 /// Ids of preloaded orders are `big-<g>`, g = 1..=N, in creation order.
@@ -66,7 +66,13 @@ impl Bench {
             run.orders_before, o.preload_orders
         ));
         run.before = self
-            .scale_round(1, o.size_checkouts, 100, Tally::WorkerMetrics)
+            .scale_round(
+                1,
+                o.size_checkouts,
+                100,
+                Tally::WorkerMetrics,
+                Batching::Bulk,
+            )
             .await?;
         let small: Vec<String> =
             sqlx::query_scalar("SELECT order_id FROM orders ORDER BY random() LIMIT 10000")
@@ -86,7 +92,13 @@ impl Bench {
         ));
 
         run.after = self
-            .scale_round(1, o.size_checkouts, 101, Tally::WorkerMetrics)
+            .scale_round(
+                1,
+                o.size_checkouts,
+                101,
+                Tally::WorkerMetrics,
+                Batching::Bulk,
+            )
             .await?;
         let mut rng = rand::thread_rng();
         let big: Vec<String> = (0..10_000)
