@@ -420,6 +420,10 @@ fn single_record_producer(
     orderflow::kafka::producer_config(settings)
         .set("batch.num.messages", "1")
         .set("queue.buffering.max.messages", "1000000")
+        // No delivery deadline: at the end of a full run Tansu takes these
+        // at a few hundred per second, and a round's 39,000 records outlived
+        // the default 300 s in the queue (the run failed, twice, 30 Nov).
+        .set("message.timeout.ms", "0")
         .create()
         .context("failed to create a one-record-per-batch producer")
 }
