@@ -197,9 +197,11 @@ impl Bench {
 // time-ordered inserts (the BRIN indexes rely on that) would have left it.
 // Users are 1,000,000 + g mod 100,000, so user u's k-th order (k = g div
 // 100,000) has feed seqs 2k + 1 (created) and 2k + 2 (paid).
-macro_rules! created_at {
+macro_rules! chunk {
     () => {
-        "($5::timestamptz - make_interval(secs => $4 * (1 - g::float8 / $3)))"
+        " FROM generate_series($1::bigint, $2::bigint) AS g,
+              LATERAL (SELECT $5::timestamptz - make_interval(secs => $4 * (1 - g::float8 / $3))
+                       AS t) AS x"
     };
 }
 
@@ -224,11 +226,9 @@ const PRELOAD: [(&str, &str); 5] = [
                     t, CASE WHEN g % 10 < 6 THEN 'PAID' ELSE 'PENDING_PAYMENT' END,
                     t + interval '5 minutes',
                     CASE WHEN g % 10 < 6 THEN 'big-p' || g END,
-                    CASE WHEN g % 10 < 6 THEN 3234 END
-             FROM generate_series($1::bigint, $2::bigint) AS g,
-                  LATERAL (SELECT ",
-            created_at!(),
-            " AS t) AS x
+                    CASE WHEN g % 10 < 6 THEN 3234 END",
+            chunk!(),
+            "
              WHERE $6::timestamptz IS NOT NULL"
         ),
     ),
@@ -236,11 +236,9 @@ const PRELOAD: [(&str, &str); 5] = [
         "order_status_changes",
         concat!(
             "INSERT INTO order_status_changes (order_id, from_status, to_status, cause_event_id, at)
-             SELECT 'big-' || g, 'PENDING_PAYMENT', 'PAID', 'big-pe' || g, t + interval '5 minutes'
-             FROM generate_series($1::bigint, $2::bigint) AS g,
-                  LATERAL (SELECT ",
-            created_at!(),
-            " AS t) AS x
+             SELECT 'big-' || g, 'PENDING_PAYMENT', 'PAID', 'big-pe' || g, t + interval '5 minutes'",
+            chunk!(),
+            "
              WHERE g % 10 < 6 AND $6::timestamptz IS NOT NULL"
         ),
     ),
@@ -251,11 +249,9 @@ const PRELOAD: [(&str, &str); 5] = [
                  disposition, event_id, occurred_at, recorded_at)
              SELECT 'big-p' || g, 'CONFIRMED', 'big-' || g, 3234,
                     (ARRAY['USD', 'EUR', 'JPY'])[g % 3 + 1], 'bench', 'PAID', 'big-pe' || g,
-                    t + interval '5 minutes', t + interval '5 minutes'
-             FROM generate_series($1::bigint, $2::bigint) AS g,
-                  LATERAL (SELECT ",
-            created_at!(),
-            " AS t) AS x
+                    t + interval '5 minutes', t + interval '5 minutes'",
+            chunk!(),
+            "
              WHERE g % 10 < 6 AND $6::timestamptz IS NOT NULL"
         ),
     ),
@@ -263,11 +259,9 @@ const PRELOAD: [(&str, &str); 5] = [
         "processed_events",
         concat!(
             "INSERT INTO processed_events (source, event_id, order_id, outcome, processed_at)
-             SELECT s.source, s.prefix || g, 'big-' || g, 'applied', t + s.after
-             FROM generate_series($1::bigint, $2::bigint) AS g,
-                  LATERAL (SELECT ",
-            created_at!(),
-            " AS t) AS x,
+             SELECT s.source, s.prefix || g, 'big-' || g, 'applied', t + s.after",
+            chunk!(),
+            ",
                   LATERAL (VALUES ('checkout', 'big-e', interval '0'),
                                   ('payment', 'big-pe', interval '5 minutes'))
                       AS s(source, prefix, after)
@@ -293,11 +287,9 @@ const PRELOAD: [(&str, &str); 5] = [
                             json_build_object('line_no', 2, 'sku', 'SKU-' || g % 7,
                                 'name', 'Thing ' || g % 7, 'quantity', 1,
                                 'unit_price_minor', 550, 'line_total_minor', 550)) END),
-                    t + s.after
-             FROM generate_series($1::bigint, $2::bigint) AS g,
-                  LATERAL (SELECT ",
-            created_at!(),
-            " AS t) AS x,
+                    t + s.after",
+            chunk!(),
+            ",
                   LATERAL (VALUES (1, 'OrderCreated', 'PENDING_PAYMENT', interval '0'),
                                   (2, 'OrderPaid', 'PAID', interval '5 minutes'))
                       AS s(n, event_type, status, after)
