@@ -317,6 +317,14 @@ impl Bench {
         Ok(())
     }
 
+    /// Kills the run's own worker, if one is running, as [`Bench::kill_workers`].
+    pub(crate) async fn kill_worker(&mut self) -> anyhow::Result<()> {
+        match self.worker.take() {
+            Some(worker) => self.kill_workers(vec![worker]).await,
+            None => Ok(()),
+        }
+    }
+
     pub(crate) fn worker(&self) -> anyhow::Result<&Worker> {
         self.worker.as_ref().context("no worker running")
     }

@@ -326,42 +326,34 @@ impl Bench {
     /// `orderflow_messages_total` over the three input topics; a worker's
     /// counters start at 0).
     async fn inputs_handled(&self, workers: &[Worker]) -> f64 {
-        let t = &self.settings().topics;
-        let mut handled = 0.0;
-        for worker in workers {
-            let page = worker.metrics_page().await.unwrap_or_default();
-            for topic in [&t.checkouts, &t.payment_confirmations, &t.cancellations] {
-                handled += prom::sum(
-                    &page,
-                    "orderflow_messages_total",
-                    &[("topic", topic.as_str())],
-                );
-            }
-        }
-        handled
+        self.per_worker_over_inputs(workers, "orderflow_messages_total")
+            .await
+            .iter()
+            .sum()
     }
 
     /// Partitions of the three input topics each worker holds.
     async fn inputs_held(&self, workers: &[Worker]) -> Vec<f64> {
+        self.per_worker_over_inputs(workers, "orderflow_consumer_assigned_partitions")
+            .await
+    }
+
+    /// Per worker, `metric` summed over the three input topics (0 for a
+    /// worker whose metrics cannot be read).
+    async fn per_worker_over_inputs(&self, workers: &[Worker], metric: &str) -> Vec<f64> {
         let t = &self.settings().topics;
         let inputs = [&t.checkouts, &t.payment_confirmations, &t.cancellations];
-        let mut held = Vec::with_capacity(workers.len());
+        let mut sums = Vec::with_capacity(workers.len());
         for worker in workers {
             let page = worker.metrics_page().await.unwrap_or_default();
-            held.push(
+            sums.push(
                 inputs
                     .iter()
-                    .map(|topic| {
-                        prom::sum(
-                            &page,
-                            "orderflow_consumer_assigned_partitions",
-                            &[("topic", topic.as_str())],
-                        )
-                    })
+                    .map(|topic| prom::sum(&page, metric, &[("topic", topic.as_str())]))
                     .sum::<f64>(),
             );
         }
-        held
+        sums
     }
 
     /// Waits until the workers hold every partition of the three input

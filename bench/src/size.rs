@@ -48,12 +48,12 @@ impl Bench {
         let outer_world = std::mem::replace(&mut self.world, fresh);
         let outer_pool = std::mem::replace(&mut self.pool, pool);
         let run = self.size_rounds(o).await;
-        if let Some(worker) = self.worker.take() {
-            self.kill_workers(vec![worker]).await?;
-        }
+        let stopped = self.kill_worker().await;
         std::mem::replace(&mut self.pool, outer_pool).close().await;
         drop(std::mem::replace(&mut self.world, outer_world));
-        run
+        let run = run?;
+        stopped?;
+        Ok(run)
     }
 
     async fn size_rounds(&mut self, o: &Options) -> anyhow::Result<SizeRun> {
@@ -126,10 +126,7 @@ impl Bench {
         let path = move |i: usize| format!("/orders/{}/status", ids[i % ids.len()]);
         let secs = o.http_secs.clamp(1, 5);
         let run = crate::http_load::run(&addr, secs, 8, "GET /orders/{id}/status", path).await;
-        let stopped = match self.worker.take() {
-            Some(worker) => self.kill_workers(vec![worker]).await,
-            None => Ok(()),
-        };
+        let stopped = self.kill_worker().await;
         let run = run?;
         stopped?;
         Ok(run)
