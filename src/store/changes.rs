@@ -2,7 +2,8 @@
 //! writes it: a fixed number of set-based statements whatever the batch's
 //! size, in an order that satisfies the foreign keys. The batch applier
 //! (`workers::batch`) fills it and calls [`Changes::write`] inside the
-//! batch's transaction.
+//! batch's transaction. It is the only writer of `orders`, so it also moves
+//! the orders-by-status counts (`status_counts`).
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -14,6 +15,7 @@ use super::lifecycle::{self, NewPayment, Refund};
 use super::orders::{self, NewOrder, StatusUpdate, Transition};
 use super::outbox::{self, NewRecord};
 use super::parked::{self, Parking};
+use super::status_counts;
 
 #[derive(Debug)]
 pub struct Changes {
@@ -38,6 +40,9 @@ pub struct Changes {
     pub outcomes: Vec<InboxRow>,
     /// Order events and dead letters, in publication order.
     pub outbox: Vec<NewRecord>,
+    /// Where the batch adds its orders-by-status deltas
+    /// ([`status_counts::slot_for`] of its input partition).
+    pub count_slot: String,
 }
 
 impl Changes {
@@ -55,6 +60,7 @@ impl Changes {
             inbox: Vec::new(),
             outcomes: Vec::new(),
             outbox: Vec::new(),
+            count_slot: String::new(),
         }
     }
 
@@ -92,10 +98,15 @@ impl Changes {
         outbox::enqueue_many(conn, self.outbox.iter().filter(|r| !feed::carries(r)))
             .await
             .context("failed to enqueue outbox records")?;
-        // Last: it locks the users' feed heads until the commit.
+        // It locks the users' feed heads until the commit.
         feed::append(conn, &self.outbox)
             .await
             .context("failed to append order events to the feed and the outbox")?;
+        // Last: the partition's count rows stay locked until the commit.
+        let deltas = status_counts::deltas(&self.orders, &self.history);
+        status_counts::add(conn, &deltas, &self.count_slot)
+            .await
+            .context("failed to move the orders-by-status counts")?;
         Ok(())
     }
 }

@@ -19,6 +19,7 @@ pub mod parked;
 pub mod pricing_tables;
 pub mod queries;
 pub mod replica;
+pub mod status_counts;
 
 use std::time::Duration;
 

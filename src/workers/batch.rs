@@ -28,6 +28,7 @@ use crate::store::changes::Changes;
 use crate::store::inbox::{self, InboxRow, Outcome};
 use crate::store::lifecycle::lock_orders;
 use crate::store::outbox::{self, NewRecord};
+use crate::store::status_counts;
 
 /// A consumed message, detached from librdkafka's buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,6 +146,9 @@ impl<H: Handler> Applier<H> {
         let drained = lifecycle::drain_parked(conn, &mut plan).await?;
         let (mut changes, order_events, tally) = plan.finish();
         changes.outcomes = drained;
+        if let Some(first) = batch.first() {
+            changes.count_slot = status_counts::slot_for(self.handler.source(), first.partition);
+        }
         self.fill_inbox_and_outbox(&mut changes, batch, decoded, &verdicts, &order_events);
         changes.write(conn).await?;
         Ok(BatchReport {

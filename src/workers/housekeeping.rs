@@ -2,17 +2,17 @@
 //! and VACUUM where the server runs without autovacuum.
 //!
 //! - Gauges (wherever `/metrics` is served): parked events (count, oldest
-//!   age, how many exceed `PARKED_MAX_AGE_SECS`; every few seconds, from a
-//!   small table) and orders by status (every 30 s: it reads the whole orders
-//!   table, which took 3.4 s under load at 260,000 orders).
+//!   age, how many exceed `PARKED_MAX_AGE_SECS`) and orders by status, every
+//!   few seconds, both from small tables (the batches keep the counts).
 //! - VACUUM (wherever a writer runs: a consumer loop or the relay), only if
 //!   autovacuum is off: VACUUM ANALYZE of the tables the workers write every
-//!   minute. Without it the planner keeps the statistics of an empty table,
+//!   minute, of those tables that changed enough (autovacuum's thresholds).
+//!   Without it the planner keeps the statistics of an empty table,
 //!   turning index lookups into sequential scans, and every status update and
 //!   outbox purge leaves dead rows behind for scans to read.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -20,9 +20,6 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::OrderStatus;
 use crate::store::{maintenance, parked};
 use crate::telemetry::Metrics;
-
-/// How often the orders-by-status gauge is recounted.
-const ORDERS_COUNT_EVERY: Duration = Duration::from_secs(30);
 
 /// How often the tables are vacuumed where autovacuum is off.
 const VACUUM_EVERY: Duration = Duration::from_secs(60);
@@ -52,7 +49,7 @@ impl Housekeeping {
         let vacuum =
             self.duties.vacuum && maintenance::autovacuum_enabled(&self.pool).await == Some(false);
         if vacuum {
-            tracing::warn!("autovacuum is off on this PostgreSQL server; orderflow will VACUUM ANALYZE its tables every minute");
+            tracing::warn!("autovacuum is off on this PostgreSQL server; orderflow will VACUUM ANALYZE those of its tables that changed enough, checking every minute");
         }
         let gauges = async {
             if self.duties.gauges {
@@ -69,7 +66,6 @@ impl Housekeeping {
     }
 
     async fn refresh_gauges(&self, shutdown: &CancellationToken) {
-        let mut last_count: Option<Instant> = None;
         loop {
             match parked::stats(&self.pool, self.parked_max_age).await {
                 Ok(s) => self
@@ -77,12 +73,9 @@ impl Housekeeping {
                     .set_parked(s.count, s.oldest_age_seconds, s.stale),
                 Err(e) => tracing::debug!(error = %e, "could not read parked-event stats"),
             }
-            if last_count.is_none_or(|at| at.elapsed() >= ORDERS_COUNT_EVERY) {
-                match maintenance::orders_by_status(&self.pool).await {
-                    Ok(counts) => self.metrics.set_orders_by_status(&every_status(&counts)),
-                    Err(e) => tracing::debug!(error = %e, "could not count orders by status"),
-                }
-                last_count = Some(Instant::now());
+            match maintenance::orders_by_status(&self.pool).await {
+                Ok(counts) => self.metrics.set_orders_by_status(&every_status(&counts)),
+                Err(e) => tracing::debug!(error = %e, "could not read orders by status"),
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -133,7 +126,7 @@ async fn vacuum_periodically(pool: &PgPool, shutdown: &CancellationToken) {
                 return;
             }
             Some(Err(e)) => tracing::warn!(error = format!("{e:#}"), "VACUUM ANALYZE failed"),
-            Some(Ok(())) => {}
+            Some(Ok(done)) => tracing::debug!(?done, "housekeeping VACUUM pass"),
         }
     }
 }

@@ -174,6 +174,25 @@ async fn check_state(pool: &PgPool, mix: &Mix, f: &mut Findings) -> anyhow::Resu
     for order in actual.keys() {
         f.mismatch(format!("order {order} exists but no checkout created it"));
     }
+    check_status_counts(pool, f).await
+}
+
+/// The orders-by-status counts the batches keep equal a count of `orders`.
+async fn check_status_counts(pool: &PgPool, f: &mut Findings) -> anyhow::Result<()> {
+    let diff: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT status, coalesce(kept, 0)::bigint, coalesce(counted, 0)::bigint
+         FROM (SELECT status, sum(n) AS kept FROM order_status_counts GROUP BY status) k
+         FULL JOIN (SELECT status, count(*) AS counted FROM orders GROUP BY status) c
+             USING (status)
+         WHERE coalesce(kept, 0) <> coalesce(counted, 0)",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (status, kept, counted) in diff {
+        f.mismatch(format!(
+            "orders by status: {kept} {status} kept, {counted} in the orders table"
+        ));
+    }
     Ok(())
 }
 

@@ -161,6 +161,27 @@ impl TestEnv {
             .expect(query)
     }
 
+    /// Orders by status as the batches keep them (`order_status_counts`,
+    /// which the `orderflow_orders` gauge reads), asserted equal to a count
+    /// of the orders table.
+    pub async fn status_counts(&self) -> HashMap<String, i64> {
+        let kept: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT status, sum(n)::bigint FROM order_status_counts
+             GROUP BY status HAVING sum(n) <> 0",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .unwrap();
+        let counted: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, count(*) FROM orders GROUP BY status")
+                .fetch_all(&self.pool)
+                .await
+                .unwrap();
+        let kept: HashMap<String, i64> = kept.into_iter().collect();
+        assert_eq!(kept, counted.into_iter().collect(), "kept and counted");
+        kept
+    }
+
     /// How many of `order_ids` have an order.
     pub async fn orders_among(&self, order_ids: &[String]) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM orders WHERE order_id = ANY($1)")

@@ -212,6 +212,19 @@ async fn cancelling_cancels_unpaid_orders_refunds_paid_ones_and_ignores_repeats(
         env.event_types_of("c-pending").await,
         ["OrderCreated", "OrderCancelled", "RefundRequested"]
     );
+    // Orders by status, as the batches moved them, and on the gauge.
+    assert_eq!(
+        env.status_counts().await,
+        [("CANCELLED".to_owned(), 3)].into()
+    );
+    app.wait_metric("orderflow_orders{status=\"CANCELLED\"} 3")
+        .await;
+    for gone in ["PENDING_PAYMENT", "PAID", "PAYMENT_FAILED"] {
+        assert!(app
+            .metrics()
+            .await
+            .contains(&format!("orderflow_orders{{status=\"{gone}\"}} 0")));
+    }
 
     app.stop().await;
 }
@@ -303,6 +316,11 @@ async fn events_for_an_unknown_order_are_parked_then_applied_in_arrival_order() 
             .await,
         0,
         "drained events record their final outcome"
+    );
+    // Created and moved three times in one batch: counted once, CANCELLED.
+    assert_eq!(
+        env.status_counts().await,
+        [("CANCELLED".to_owned(), 1)].into()
     );
 
     app.stop().await;

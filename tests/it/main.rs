@@ -8,6 +8,7 @@ mod checkouts;
 mod crash;
 mod dlq;
 mod helpers;
+mod housekeeping;
 mod http_api;
 mod lifecycle;
 mod partitions;
