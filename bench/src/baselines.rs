@@ -55,6 +55,7 @@ impl Bench {
                     &self.tables,
                     &format!("ceil-{i}"),
                     500_000_000_000 + i as i64,
+                    self.users,
                 )
             })
             .collect::<anyhow::Result<_>>()?;
@@ -121,12 +122,8 @@ impl Bench {
         for i in 0..n {
             statistics.keep_fresh(&self.pool, 1).await?;
             let order_id = orderflow::domain::OrderId::parse(&format!("naive-{i}"))?;
-            let ev = orderflow::produce::sample_checkout(
-                &mut rng,
-                &order_id,
-                700_000_000_000 + i as i64,
-                false,
-            );
+            let ev =
+                crate::load::checkout(&mut rng, &order_id, 700_000_000_000 + i as i64, self.users);
             let payload = serde_json::to_vec(&ev)?;
             let message = messages([(order_id.as_str(), Ok(payload.clone()))])?;
             self.apply(&appliers.checkouts, &message).await?;

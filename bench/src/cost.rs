@@ -17,16 +17,16 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use orderflow::events::CheckoutEvent;
-use orderflow::produce::{enqueue, sample_checkout, InFlight};
+use orderflow::produce::{enqueue, InFlight};
 use orderflow_testkit::prom;
 
 use crate::harness::Bench;
-use crate::load::{cancel_for, payment_for};
+use crate::load::{cancel_for, checkout, payment_for};
 use crate::progress;
 use crate::report::EventCost;
 
 /// Longer than PostgreSQL's idle stats flush interval (10 s).
-const STATS_FLUSH: Duration = Duration::from_secs(11);
+pub(crate) const STATS_FLUSH: Duration = Duration::from_secs(11);
 
 /// Tuples inserted, updated, deleted and HOT-updated so far, by table.
 type TableCounts = BTreeMap<String, [i64; 4]>;
@@ -37,11 +37,11 @@ impl Bench {
         let checkouts: Vec<CheckoutEvent> = (0..n)
             .map(|i| {
                 let id = orderflow::domain::OrderId::parse(&format!("cost-{i}"))?;
-                Ok(sample_checkout(
+                Ok(checkout(
                     &mut rng,
                     &id,
                     3_000_000_000_000 + i as i64,
-                    false,
+                    self.users,
                 ))
             })
             .collect::<anyhow::Result<_>>()?;

@@ -31,6 +31,8 @@ pub struct Bench {
     pub tables: PricingTables,
     /// (payments, cancellations) per checkout.
     pub ratios: (f64, f64),
+    /// Customers the generated checkouts are spread over.
+    pub users: i64,
 }
 
 /// The whole run. A phase that fails ends it, but what the phases before it
@@ -67,6 +69,7 @@ pub async fn run(
         binary: binary.to_owned(),
         tables,
         ratios: (options.payment_ratio, options.cancellation_ratio),
+        users: options.users,
     };
     let mut report = Report {
         checkouts: options.checkouts,
@@ -279,9 +282,17 @@ impl Bench {
             .await?;
             report.http.push(run);
         }
+        // Users with orders, as often as they have orders (with the sample's
+        // 20 users, each with thousands of orders, every one of them).
+        let user_ids: Vec<i64> =
+            sqlx::query_scalar("SELECT user_id FROM orders ORDER BY random() LIMIT 10000")
+                .fetch_all(&self.pool)
+                .await?;
+        anyhow::ensure!(!user_ids.is_empty(), "no users with orders to read");
+        let users = Arc::new(user_ids);
         for &connections in &o.http_concurrency {
-            // Sample users are 1..=20 (see produce::sample_checkout).
-            let path = |i: usize| format!("/users/{}/orders?limit=20", i % 20 + 1);
+            let users = users.clone();
+            let path = move |i: usize| format!("/users/{}/orders?limit=20", users[i % users.len()]);
             let run = crate::http_load::run(
                 &addr,
                 o.http_secs,

@@ -38,9 +38,10 @@ impl Mixed {
         tables: &PricingTables,
         order_id: &str,
         cart_id: i64,
+        users: i64,
     ) -> anyhow::Result<Mixed> {
         let order_id = OrderId::parse(order_id)?;
-        let checkout = sample_checkout(rng, &order_id, cart_id, false);
+        let checkout = checkout(rng, &order_id, cart_id, users);
         Ok(Mixed {
             payment: rng
                 .gen_bool(ratios.0)
@@ -53,6 +54,22 @@ impl Mixed {
     pub fn events(&self) -> u64 {
         1 + u64::from(self.payment.is_some()) + u64::from(self.cancellation.is_some())
     }
+}
+
+/// A sample checkout by one of `users` customers (user ids 1..=users), at
+/// random. The sample traffic of `orderflow produce` has 20, so that a demo
+/// user has a history to show; a benchmark of a shop needs as many as a
+/// shop has: every batch locks the feed heads of its orders' users until it
+/// commits, so with 20 users concurrent batches wait for each other.
+pub fn checkout(
+    rng: &mut impl Rng,
+    order_id: &OrderId,
+    cart_id: i64,
+    users: i64,
+) -> orderflow::events::CheckoutEvent {
+    let mut checkout = sample_checkout(rng, order_id, cart_id, false);
+    checkout.user_id = rng.gen_range(1..=users.max(1));
+    checkout
 }
 
 fn new_event_id() -> EventId {
@@ -152,6 +169,7 @@ impl Bench {
                 &self.tables,
                 &format!("{prefix}-{n}"),
                 cart_base + n as i64,
+                self.users,
             )?;
             let key = mixed.checkout.order_id.to_string();
             let payloads = [
@@ -185,7 +203,7 @@ impl Bench {
         let topic = &self.settings().topics.checkouts;
         let sent = at_rate(rate, secs, |n| {
             let order_id = OrderId::parse(&format!("lat-{n}"))?;
-            let mut ev = sample_checkout(&mut rng, &order_id, 900_000_000_000 + n as i64, false);
+            let mut ev = checkout(&mut rng, &order_id, 900_000_000_000 + n as i64, self.users);
             ev.occurred_at = chrono::Utc::now();
             enqueue(
                 &self.latency_producer,

@@ -113,6 +113,10 @@ pub struct Options {
     /// Checkouts of the mix in each of the size phase's two rounds.
     #[arg(long, default_value_t = 20_000)]
     pub size_checkouts: u64,
+    /// Customers the generated checkouts are spread over (user ids 1..=N,
+    /// at random). The streams phase picks its own users.
+    #[arg(long, default_value_t = 20)]
+    pub users: i64,
     /// Print the result as JSON as well.
     #[arg(long)]
     pub json: bool,

@@ -190,15 +190,41 @@ impl Report {
             }));
         }
         if let Some(size) = &self.size {
-            for (orders, round, reads) in [
-                (size.orders_before, &size.before, &size.status_reads_before),
-                (size.orders_after, &size.after, &size.status_reads_after),
+            for (orders, round, reads, work) in [
+                (
+                    size.orders_before,
+                    &size.before,
+                    &size.status_reads_before,
+                    &size.work_before,
+                ),
+                (
+                    size.orders_after,
+                    &size.after,
+                    &size.status_reads_after,
+                    &size.work_after,
+                ),
             ] {
                 rows.push((
                     format!("size: 1 worker, {} events, {orders} orders in the database", round.events),
                     format!(
                         "{:.0} events/s ({:.0} between 10 % and 90 %); status reads (8 connections) {:.0} req/s, p99 {:.2} ms",
                         round.events_per_s, round.steady_events_per_s, reads.requests_per_s, reads.p99_ms
+                    ),
+                ));
+                let most_read: Vec<String> = work
+                    .most_read
+                    .iter()
+                    .map(|(table, blocks)| format!("{table} {blocks:.0}"))
+                    .collect();
+                rows.push((
+                    format!("size: database work per 1,000 events, {orders} orders"),
+                    format!(
+                        "WAL {:.0} kB ({:.0} full-page images); PostgreSQL CPU {:.0} ms; {:.0} blocks read ({})",
+                        work.wal_kb,
+                        work.full_page_images,
+                        round.cpu.postgres,
+                        work.blocks_read,
+                        most_read.join(", ")
                     ),
                 ));
             }
@@ -524,4 +550,19 @@ pub struct SizeRun {
     pub ratio: f64,
     pub status_reads_before: HttpRun,
     pub status_reads_after: HttpRun,
+    /// What the database did during each round.
+    pub work_before: DbWork,
+    pub work_after: DbWork,
+}
+
+/// PostgreSQL's work during a round, per 1,000 input events: WAL, full-page
+/// images in it (`pg_stat_wal`), and 8 kB blocks read from outside shared
+/// buffers, the tables with the most first (`pg_statio_user_tables`,
+/// indexes and TOAST included).
+#[derive(Debug, Default, Serialize)]
+pub struct DbWork {
+    pub wal_kb: f64,
+    pub full_page_images: f64,
+    pub blocks_read: f64,
+    pub most_read: Vec<(String, f64)>,
 }

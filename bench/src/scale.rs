@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use futures::future::try_join_all;
 use orderflow::domain::OrderId;
-use orderflow::produce::{enqueue, sample_checkout};
+use orderflow::produce::enqueue;
+
+use crate::load::checkout;
 use orderflow_testkit::{prom, Worker};
 use rand::SeedableRng;
 use rdkafka::producer::future_producer::DeliveryFuture;
@@ -211,14 +213,14 @@ impl Bench {
         // and left out of the figures.
         let producer = self.latency_producer.clone();
         let topic = self.settings().topics.checkouts.clone();
+        let users = self.users;
         let started = Instant::now();
         let sender = tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::from_entropy();
             let mut sent: Vec<(String, DeliveryFuture)> = Vec::new();
             crate::load::at_rate(rate, secs, |n| {
                 let order_id = OrderId::parse(&format!("churn-{n}"))?;
-                let mut ev =
-                    sample_checkout(&mut rng, &order_id, 800_000_000_000 + n as i64, false);
+                let mut ev = checkout(&mut rng, &order_id, 800_000_000_000 + n as i64, users);
                 ev.occurred_at = chrono::Utc::now();
                 let delivery = enqueue(
                     &producer,

@@ -1,7 +1,8 @@
 //! The size phase (`--preload-orders N`; 0 skips it): does orderflow stay as
 //! fast with years of orders behind it as on a new database?
 //!
-//! On a database of its own, empty: one worker takes a round of the mix
+//! On a database of its own, nearly empty (an unmeasured warm-up round, then
+//! VACUUM ANALYZE, as after the preload): one worker takes a round of the mix
 //! (`--size-checkouts` checkouts with their payments and cancellations) and
 //! the status route is read for a few seconds; then N orders are bulk-loaded as
 //! if they had come through orderflow over the last `--preload-days` days
@@ -15,14 +16,16 @@
 //! counting the inbox, which would scan millions of rows every tick and
 //! load the database being measured.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use anyhow::Context;
 use orderflow_testkit::World;
 use rand::Rng;
 
+use crate::cost::STATS_FLUSH;
 use crate::harness::Bench;
-use crate::report::{HttpRun, SizeRun};
+use crate::report::{DbWork, HttpRun, ScaleRound, SizeRun};
 use crate::scale::{Batching, Tally};
 use crate::{progress, Options};
 
@@ -57,6 +60,18 @@ impl Bench {
     }
 
     async fn size_rounds(&mut self, o: &Options) -> anyhow::Result<SizeRun> {
+        // A first, unmeasured round and VACUUM ANALYZE, so that the empty
+        // database's round runs on statistics as the preloaded one's does
+        // (the preload ends with VACUUM ANALYZE): on the tables' first
+        // statistics it ran about a fifth slower.
+        let warm_up = (o.size_checkouts / 5).max(1_000);
+        progress(format!("size: warm-up round of {warm_up} checkouts"));
+        self.scale_round(1, warm_up, 99, Tally::WorkerMetrics, Batching::Bulk)
+            .await?;
+        sqlx::query("VACUUM ANALYZE")
+            .execute(&self.pool)
+            .await
+            .context("VACUUM ANALYZE after the warm-up")?;
         let mut run = SizeRun {
             orders_before: self.count("SELECT count(*) FROM orders").await?,
             ..SizeRun::default()
@@ -65,15 +80,7 @@ impl Bench {
             "size: a round on {} orders, then {} more, then the round again",
             run.orders_before, o.preload_orders
         ));
-        run.before = self
-            .scale_round(
-                1,
-                o.size_checkouts,
-                100,
-                Tally::WorkerMetrics,
-                Batching::Bulk,
-            )
-            .await?;
+        (run.before, run.work_before) = self.measured_round(o.size_checkouts, 100).await?;
         let small: Vec<String> =
             sqlx::query_scalar("SELECT order_id FROM orders ORDER BY random() LIMIT 10000")
                 .fetch_all(&self.pool)
@@ -91,15 +98,7 @@ impl Bench {
             run.preload_s, run.database_mb
         ));
 
-        run.after = self
-            .scale_round(
-                1,
-                o.size_checkouts,
-                101,
-                Tally::WorkerMetrics,
-                Batching::Bulk,
-            )
-            .await?;
+        (run.after, run.work_after) = self.measured_round(o.size_checkouts, 101).await?;
         let mut rng = rand::thread_rng();
         let big: Vec<String> = (0..10_000)
             .map(|_| format!("{PREFIX}{}", rng.gen_range(1..=o.preload_orders.max(1))))
@@ -115,6 +114,52 @@ impl Bench {
             run.ratio * 100.0
         ));
         Ok(run)
+    }
+
+    /// A one-worker round of the mix and what the database did for it. Both
+    /// rounds start right after a checkpoint, so neither pays for the
+    /// other's (or the preload's) dirty pages, and each logs a full-page
+    /// image on its first change to a page.
+    async fn measured_round(
+        &mut self,
+        checkouts: u64,
+        round: usize,
+    ) -> anyhow::Result<(ScaleRound, DbWork)> {
+        sqlx::query("CHECKPOINT")
+            .execute(&self.pool)
+            .await
+            .context("CHECKPOINT before a size round")?;
+        let start = self.db_counters().await?;
+        let done = self
+            .scale_round(1, checkouts, round, Tally::WorkerMetrics, Batching::Bulk)
+            .await?;
+        // The workers are gone; the bench's own sessions flush their
+        // statistics within PostgreSQL's idle interval.
+        tokio::time::sleep(STATS_FLUSH).await;
+        let work = self.db_counters().await?.minus(&start, done.events);
+        Ok((done, work))
+    }
+
+    async fn db_counters(&self) -> anyhow::Result<DbCounters> {
+        let (wal_bytes, fpi): (i64, i64) = sqlx::query_as(
+            "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint, wal_fpi FROM pg_stat_wal",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .context("reading pg_stat_wal")?;
+        let reads: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT relname::text, (coalesce(heap_blks_read, 0) + coalesce(idx_blks_read, 0)
+                 + coalesce(toast_blks_read, 0) + coalesce(tidx_blks_read, 0))::bigint
+             FROM pg_statio_user_tables",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .context("reading pg_statio_user_tables")?;
+        Ok(DbCounters {
+            wal_bytes,
+            fpi,
+            reads: reads.into_iter().collect(),
+        })
     }
 
     /// `GET /orders/{id}/status` of `ids`, at 8 connections, by a worker of
@@ -185,6 +230,39 @@ impl Bench {
             .await
             .context("VACUUM ANALYZE after the preload")?;
         Ok(started.elapsed().as_secs_f64())
+    }
+}
+
+/// Cumulative counters of the database's work at one instant.
+struct DbCounters {
+    wal_bytes: i64,
+    fpi: i64,
+    /// Blocks read from outside shared buffers, by table.
+    reads: BTreeMap<String, i64>,
+}
+
+impl DbCounters {
+    /// The work from `start` to `self`, per 1,000 of `events`.
+    fn minus(&self, start: &DbCounters, events: u64) -> DbWork {
+        let per_1000 = |n: i64| n as f64 * 1000.0 / events.max(1) as f64;
+        let mut most_read: Vec<(String, f64)> = self
+            .reads
+            .iter()
+            .map(|(table, n)| {
+                let before = start.reads.get(table).copied().unwrap_or(0);
+                (table.clone(), per_1000(n - before))
+            })
+            .filter(|(_, n)| *n >= 0.5)
+            .collect();
+        most_read.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let blocks_read = most_read.iter().map(|(_, n)| n).sum();
+        most_read.truncate(5);
+        DbWork {
+            wal_kb: per_1000(self.wal_bytes - start.wal_bytes) / 1000.0,
+            full_page_images: per_1000(self.fpi - start.fpi),
+            blocks_read,
+            most_read,
+        }
     }
 }
 
