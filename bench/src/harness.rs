@@ -227,6 +227,7 @@ impl Bench {
         // Measured by the worker itself after each commit (occurred_at →
         // commit), as the difference of its histogram across the phase.
         let before = self.latency_histogram().await?;
+        let batches_before = self.batch_histogram().await?;
         let n = self.produce_at_rate(o.latency_rate, o.latency_secs).await?;
         report.latency_events = n;
         let waited = Instant::now();
@@ -251,6 +252,12 @@ impl Bench {
             report.latency_p999_ms,
             report.latency_max_ms,
         ) = (ms(0.5), ms(0.95), ms(0.99), ms(0.999), ms(1.0));
+        let batches = self.batch_histogram().await?.minus(&batches_before);
+        report.latency_batches = batches.count();
+        (report.latency_batch_p50_ms, report.latency_batch_p99_ms) = (
+            batches.quantile(0.5) * 1000.0,
+            batches.quantile(0.99) * 1000.0,
+        );
         progress("latency floor: the broker alone (produce → consume, no orderflow), 5 s");
         (report.broker_floor_p50_ms, report.broker_floor_p99_ms) =
             self.broker_floor(o.latency_rate, 5).await?;
@@ -388,6 +395,14 @@ impl Bench {
     }
 
     /// The worker's occurred_at → commit histogram for checkouts.
+    async fn batch_histogram(&self) -> anyhow::Result<Histogram> {
+        Ok(Histogram::parse(
+            &self.worker()?.metrics_page().await?,
+            "orderflow_batch_duration_seconds",
+            &self.settings().topics.checkouts,
+        ))
+    }
+
     async fn latency_histogram(&self) -> anyhow::Result<Histogram> {
         Ok(Histogram::parse(
             &self.worker()?.metrics_page().await?,

@@ -25,6 +25,13 @@ pub struct Report {
     pub latency_p999_ms: f64,
     /// The upper bound of the highest bucket the histogram filled.
     pub latency_max_ms: f64,
+    /// The latency phase's batches, as the worker timed them (apply and
+    /// commit, from its `orderflow_batch_duration_seconds`): how many, and
+    /// their p50 and p99. What the produce → commit time holds besides is
+    /// the broker, the fetch and the wait for a turn.
+    pub latency_batches: u64,
+    pub latency_batch_p50_ms: f64,
+    pub latency_batch_p99_ms: f64,
     /// Produce → consume through the broker alone at the same rate.
     pub broker_floor_p50_ms: f64,
     pub broker_floor_p99_ms: f64,
@@ -414,6 +421,16 @@ impl Report {
                     self.latency_max_ms,
                     self.latency_events,
                     self.latency_rate_per_s
+                ),
+            ),
+            (
+                "latency phase: each batch's apply + commit".into(),
+                format!(
+                    "p50 {:.1} ms, p99 {:.1} ms ({} batches, {:.1} checkouts each)",
+                    self.latency_batch_p50_ms,
+                    self.latency_batch_p99_ms,
+                    self.latency_batches,
+                    self.latency_events as f64 / self.latency_batches.max(1) as f64
                 ),
             ),
             (
