@@ -16,6 +16,11 @@ use sqlx::PgPool;
 use crate::report::Report;
 use crate::{progress, Options};
 
+/// The worker's occurred_at → commit histogram.
+const END_TO_END: &str = "orderflow_end_to_end_latency_seconds";
+/// The worker's apply + commit time of each batch.
+const BATCH_DURATION: &str = "orderflow_batch_duration_seconds";
+
 /// Everything one bench run needs, on fresh names.
 pub struct Bench {
     pub world: World,
@@ -226,13 +231,13 @@ impl Bench {
         ));
         // Measured by the worker itself after each commit (occurred_at →
         // commit), as the difference of its histogram across the phase.
-        let before = self.latency_histogram().await?;
-        let batches_before = self.batch_histogram().await?;
+        let before = self.checkout_histogram(END_TO_END).await?;
+        let batches_before = self.checkout_histogram(BATCH_DURATION).await?;
         let n = self.produce_at_rate(o.latency_rate, o.latency_secs).await?;
         report.latency_events = n;
         let waited = Instant::now();
         let latencies = loop {
-            let h = self.latency_histogram().await?.minus(&before);
+            let h = self.checkout_histogram(END_TO_END).await?.minus(&before);
             if h.count() >= n {
                 break h;
             }
@@ -252,7 +257,10 @@ impl Bench {
             report.latency_p999_ms,
             report.latency_max_ms,
         ) = (ms(0.5), ms(0.95), ms(0.99), ms(0.999), ms(1.0));
-        let batches = self.batch_histogram().await?.minus(&batches_before);
+        let batches = self
+            .checkout_histogram(BATCH_DURATION)
+            .await?
+            .minus(&batches_before);
         report.latency_batches = batches.count();
         (report.latency_batch_p50_ms, report.latency_batch_p99_ms) = (
             batches.quantile(0.5) * 1000.0,
@@ -394,19 +402,12 @@ impl Bench {
             .collect())
     }
 
-    /// The worker's occurred_at → commit histogram for checkouts.
-    async fn batch_histogram(&self) -> anyhow::Result<Histogram> {
+    /// One of the worker's histograms ([`END_TO_END`], [`BATCH_DURATION`]),
+    /// its checkouts series.
+    async fn checkout_histogram(&self, metric: &str) -> anyhow::Result<Histogram> {
         Ok(Histogram::parse(
             &self.worker()?.metrics_page().await?,
-            "orderflow_batch_duration_seconds",
-            &self.settings().topics.checkouts,
-        ))
-    }
-
-    async fn latency_histogram(&self) -> anyhow::Result<Histogram> {
-        Ok(Histogram::parse(
-            &self.worker()?.metrics_page().await?,
-            "orderflow_end_to_end_latency_seconds",
+            metric,
             &self.settings().topics.checkouts,
         ))
     }

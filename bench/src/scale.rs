@@ -25,14 +25,13 @@ use anyhow::{bail, Context};
 use futures::future::try_join_all;
 use orderflow::domain::OrderId;
 use orderflow::produce::enqueue;
-
-use crate::load::checkout;
 use orderflow_testkit::{prom, Worker};
 use rand::SeedableRng;
 use rdkafka::producer::future_producer::DeliveryFuture;
 
 use crate::cpu;
 use crate::harness::Bench;
+use crate::load::checkout;
 use crate::report::{percentile, Churn, Pause, ScaleRound, Window};
 use crate::{progress, Options};
 

@@ -1,5 +1,5 @@
-//! Housekeeping queries: readiness, orders by status, and VACUUM where the
-//! server runs without autovacuum.
+//! Housekeeping queries: readiness, and VACUUM where the server runs without
+//! autovacuum (orders by status are in `status_counts`).
 
 use anyhow::Context;
 use sqlx::{PgConnection, PgPool};
@@ -19,12 +19,6 @@ pub async fn autovacuum_enabled(pool: &PgPool) -> Option<bool> {
         .await
         .ok()?;
     Some(setting != "off")
-}
-
-/// How many orders are in each stored status, from the counts the batches
-/// keep (a few dozen rows, whatever the size of `orders`).
-pub async fn orders_by_status(pool: &PgPool) -> sqlx::Result<Vec<(String, i64)>> {
-    super::status_counts::read(pool).await
 }
 
 /// Refreshes the planner's statistics of the tables the workers write. Where

@@ -18,7 +18,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::OrderStatus;
-use crate::store::{maintenance, parked};
+use crate::store::{maintenance, parked, status_counts};
 use crate::telemetry::Metrics;
 
 /// How often the tables are vacuumed where autovacuum is off.
@@ -73,7 +73,7 @@ impl Housekeeping {
                     .set_parked(s.count, s.oldest_age_seconds, s.stale),
                 Err(e) => tracing::debug!(error = %e, "could not read parked-event stats"),
             }
-            match maintenance::orders_by_status(&self.pool).await {
+            match status_counts::read(&self.pool).await {
                 Ok(counts) => self.metrics.set_orders_by_status(&every_status(&counts)),
                 Err(e) => tracing::debug!(error = %e, "could not read orders by status"),
             }

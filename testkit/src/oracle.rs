@@ -179,7 +179,18 @@ async fn check_state(pool: &PgPool, mix: &Mix, f: &mut Findings) -> anyhow::Resu
 
 /// The orders-by-status counts the batches keep equal a count of `orders`.
 async fn check_status_counts(pool: &PgPool, f: &mut Findings) -> anyhow::Result<()> {
-    let diff: Vec<(String, i64, i64)> = sqlx::query_as(
+    for (status, kept, counted) in status_count_mismatches(pool).await? {
+        f.mismatch(format!(
+            "orders by status: {kept} {status} kept, {counted} in the orders table"
+        ));
+    }
+    Ok(())
+}
+
+/// Each status whose count the batches keep (`order_status_counts`) differs
+/// from a count of `orders`: (status, kept, counted).
+pub async fn status_count_mismatches(pool: &PgPool) -> anyhow::Result<Vec<(String, i64, i64)>> {
+    Ok(sqlx::query_as(
         "SELECT status, coalesce(kept, 0)::bigint, coalesce(counted, 0)::bigint
          FROM (SELECT status, sum(n) AS kept FROM order_status_counts GROUP BY status) k
          FULL JOIN (SELECT status, count(*) AS counted FROM orders GROUP BY status) c
@@ -187,13 +198,7 @@ async fn check_status_counts(pool: &PgPool, f: &mut Findings) -> anyhow::Result<
          WHERE coalesce(kept, 0) <> coalesce(counted, 0)",
     )
     .fetch_all(pool)
-    .await?;
-    for (status, kept, counted) in diff {
-        f.mismatch(format!(
-            "orders by status: {kept} {status} kept, {counted} in the orders table"
-        ));
-    }
-    Ok(())
+    .await?)
 }
 
 /// Every produced event id applied (in the inbox), nothing left parked, the

@@ -165,21 +165,16 @@ impl TestEnv {
     /// which the `orderflow_orders` gauge reads), asserted equal to a count
     /// of the orders table.
     pub async fn status_counts(&self) -> HashMap<String, i64> {
-        let kept: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT status, sum(n)::bigint FROM order_status_counts
-             GROUP BY status HAVING sum(n) <> 0",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .unwrap();
-        let counted: Vec<(String, i64)> =
-            sqlx::query_as("SELECT status, count(*) FROM orders GROUP BY status")
-                .fetch_all(&self.pool)
-                .await
-                .unwrap();
-        let kept: HashMap<String, i64> = kept.into_iter().collect();
-        assert_eq!(kept, counted.into_iter().collect(), "kept and counted");
-        kept
+        let mismatches = orderflow_testkit::oracle::status_count_mismatches(&self.pool)
+            .await
+            .unwrap();
+        assert_eq!(mismatches, [], "(status, kept, counted)");
+        orderflow::store::status_counts::read(&self.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(_, n)| *n != 0)
+            .collect()
     }
 
     /// How many of `order_ids` have an order.
