@@ -75,6 +75,7 @@ struct ConsumerMetrics {
     group_rejoins: IntCounterVec,
     messages: IntCounterVec,
     batch_duration: HistogramVec,
+    batch_wait: HistogramVec,
     batch_size: HistogramVec,
     end_to_end_latency: HistogramVec,
     transient_failures: IntCounterVec,
@@ -97,6 +98,12 @@ impl ConsumerMetrics {
                 "batch_duration_seconds",
                 "Time to apply and commit one batch",
                 latency_buckets(),
+                &["topic"],
+            ),
+            batch_wait: r.histograms(
+                "batch_wait_seconds",
+                "How long a batch's oldest message waited in the loop before the batch started (its partition's previous batch in flight, or no free slot)",
+                end_to_end_buckets(),
                 &["topic"],
             ),
             batch_size: r.histograms(
@@ -572,7 +579,11 @@ impl Metrics {
             .get()
     }
 
-    pub fn batch_committed(&self, topic: &str, size: usize, took: Duration) {
+    pub fn batch_committed(&self, topic: &str, size: usize, waited: Duration, took: Duration) {
+        self.consumer
+            .batch_wait
+            .with_label_values(&[topic])
+            .observe(waited.as_secs_f64());
         self.consumer
             .batch_duration
             .with_label_values(&[topic])

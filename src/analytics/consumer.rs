@@ -142,6 +142,7 @@ impl Apply for Analytics {
     /// `order-events` is written by the relay alone, without transactions:
     /// a gap is a broker skipping records (Tansu, docs/tansu.md).
     const GAP_FREE: bool = true;
+    const MIXES_PARTITIONS: bool = false;
 
     fn topic(&self) -> &str {
         &self.topic

@@ -41,7 +41,7 @@ pub struct Changes {
     /// Order events and dead letters, in publication order.
     pub outbox: Vec<NewRecord>,
     /// Where the batch adds its orders-by-status deltas
-    /// ([`status_counts::slot_for`] of its input partition).
+    /// ([`status_counts::slot_for`] of its first message's partition).
     pub count_slot: String,
 }
 

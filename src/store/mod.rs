@@ -142,10 +142,14 @@ pub fn is_transient(err: &sqlx::Error) -> bool {
         sqlx::Error::Database(db) => match db.code() {
             // 08: connection exception, 40: transaction rollback (serialization,
             // deadlock), 53: insufficient resources, 57: operator intervention
-            // (admin shutdown, cannot connect now), 58: system error.
-            Some(code) => ["08", "40", "53", "57", "58"]
-                .iter()
-                .any(|class| code.starts_with(class)),
+            // (admin shutdown, cannot connect now), 58: system error; 55P03:
+            // a lock not obtained within `lock_timeout`.
+            Some(code) => {
+                code == "55P03"
+                    || ["08", "40", "53", "57", "58"]
+                        .iter()
+                        .any(|class| code.starts_with(class))
+            }
             None => true,
         },
         sqlx::Error::Io(_)

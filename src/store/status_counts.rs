@@ -33,10 +33,10 @@ pub fn deltas(orders: &[NewOrder], history: &[Transition]) -> Vec<(&'static str,
     by_status.into_iter().filter(|(_, n)| *n != 0).collect()
 }
 
-/// The row a batch of `source`'s `partition` adds to ("checkout/3"). A
-/// partition has one batch in flight (but for a former owner that has not
-/// noticed it lost the partition), so concurrent batches add to different
-/// rows and do not wait for each other here.
+/// The row a batch of `source` whose first message is from `partition` adds
+/// to ("checkout/3"). A partition is in one batch in flight (but for a former
+/// owner that has not noticed it lost the partition), so concurrent batches
+/// add to different rows and do not wait for each other here.
 pub fn slot_for(source: Source, partition: i32) -> String {
     format!("{}/{partition}", source.as_str())
 }

@@ -29,6 +29,11 @@ pub trait Apply: Send + Sync + 'static {
     /// commit markers leave gaps legitimately.
     const GAP_FREE: bool = false;
 
+    /// Whether one batch may hold several partitions' messages (each
+    /// partition's in offset order). An applier that keeps per-partition
+    /// rows (the analytics claims) says no.
+    const MIXES_PARTITIONS: bool = true;
+
     /// The topic the loop reads.
     fn topic(&self) -> &str;
 

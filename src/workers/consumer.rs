@@ -1,21 +1,26 @@
 //! The one consumer loop, generic over what applies its batches
 //! ([`Apply`]: an input topic's `Applier`, or the analytics rollups).
 //!
-//! Guarantee: at-least-once consumption with exactly-once effects. Each
-//! partition's messages are applied in batches (at most `BATCH_MAX_MESSAGES`)
-//! by the applier in one PostgreSQL transaction, and only after that commit
-//! is the batch's last offset *stored* for librdkafka's background
-//! auto-commit. A crash before the commit redelivers the batch; the inbox
-//! makes the redelivery a no-op.
+//! Guarantee: at-least-once consumption with exactly-once effects. Messages
+//! are applied in batches (at most `BATCH_MAX_MESSAGES` per partition) by the
+//! applier in one PostgreSQL transaction, and only after that commit is each
+//! of the batch's partitions' last offset *stored* for librdkafka's
+//! background auto-commit. A crash before the commit redelivers the batch;
+//! the inbox makes the redelivery a no-op.
 //!
-//! Batching adapts to the arrival rate: a batch takes everything its
-//! partition has buffered when the partition is free (no batch of it in
-//! flight), after lingering at most `BATCH_MAX_WAIT_MS` (default 0).
+//! Batching adapts to the arrival rate: a partition's next batch takes
+//! everything it has buffered when the partition is free (no batch of it in
+//! flight), after lingering at most `BATCH_MAX_WAIT_MS` (default 0). Free
+//! partitions with few messages share one batch, up to
+//! `BATCH_MAX_MESSAGES / BATCH_CONCURRENCY` messages (unless the applier
+//! keeps per-partition rows, [`Apply::MIXES_PARTITIONS`]): at a trickle over
+//! many partitions each fetch makes one transaction, not one per partition,
+//! and the next fetch's messages gather while it commits.
 //!
 //! Order: a partition has at most one batch in flight, so its messages are
-//! applied strictly in offset order. Batches of different partitions run
-//! concurrently (at most `BATCH_CONCURRENCY` per loop, each on its own
-//! connection); they never share an order, because an order's messages are
+//! applied strictly in offset order. Batches run concurrently (at most
+//! `BATCH_CONCURRENCY` per loop, each on its own connection); they never
+//! share a partition, so never an order, because an order's messages are
 //! keyed to one partition, and the per-order locks taken in a canonical order
 //! keep loops of different topics from deadlocking.
 //!
@@ -41,7 +46,10 @@
 //! loop keeps polling so the member stays in the group. A broker error pauses
 //! receiving, with backoff, without blocking anything else. A permanent error
 //! isolates the offending message by retrying the batch message by message,
-//! and dead-letters that one.
+//! and dead-letters that one. A batch shared by several partitions that
+//! fails in any way, or waits more than a second for a lock, is not retried
+//! whole: its partitions go on apart, each its own batch, so one partition's
+//! trouble holds up that partition only.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -61,7 +69,7 @@ use tracing::{debug, error, info, warn, Instrument};
 
 use super::backoff::Backoff;
 use super::batch::{is_transient, BatchReport, RawMessage};
-use super::buffers::Buffers;
+use super::buffers::{Batch, Buffers};
 use super::intake::{commit_stored, Intake, LoopContext, Received};
 use super::membership::Membership;
 use super::positions::{Positions, Verdict};
@@ -86,6 +94,12 @@ pub struct LoopDeps {
 
 /// How long a seek back over a gap may take to start.
 const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a batch shared by several partitions waits for a lock before it
+/// gives up and its partitions go on apart (a lock held for longer is
+/// another loop's batch in trouble, or a stuck one: it must hold up one
+/// partition, not all the batch's).
+const SHARED_LOCK_TIMEOUT: Option<Duration> = Some(Duration::from_secs(1));
 
 /// How long the buffers may stay full before the loop pauses its assignment.
 const STUCK_AFTER: Duration = Duration::from_secs(1);
@@ -119,10 +133,15 @@ impl<'a> LoopState<'a> {
         settings: &Settings,
         (max_messages, max_wait): (usize, Duration),
         gap_free: bool,
+        mixes_partitions: bool,
     ) -> Self {
         LoopState {
             topic,
-            buffers: Buffers::new(max_messages, max_wait),
+            buffers: Buffers::new(
+                max_messages,
+                mixes_partitions.then_some(max_messages / settings.batch_concurrency),
+                max_wait,
+            ),
             capacity: max_messages * (settings.batch_concurrency + 2),
             concurrency: settings.batch_concurrency,
             in_flight: FuturesUnordered::new(),
@@ -360,6 +379,7 @@ async fn consume<'a, A: Apply>(
         settings,
         processor.applier.batching(settings),
         A::GAP_FREE,
+        A::MIXES_PARTITIONS,
     );
     let metrics = &*processor.deps.metrics;
     let mut intake = Intake::new(consumer);
@@ -457,40 +477,37 @@ struct BatchProcessor<'a, A> {
 
 /// A batch that left flight: committed (with its report) or abandoned.
 struct Done {
-    partition: i32,
-    last_offset: i64,
+    /// Each partition of the batch with its last offset.
+    ends: Vec<(i32, i64)>,
     size: usize,
+    /// How long its oldest message waited in the buffers.
+    waited: Duration,
     /// The batch's report and how long its committing attempt took; `None`
     /// when it was abandoned at shutdown.
     committed: Option<(BatchReport, Duration)>,
 }
 
 impl<A: Apply> BatchProcessor<'_, A> {
-    /// Applies one partition's batch, retrying transient failures with
+    /// Applies a batch, retrying transient failures with
     /// backoff until it commits, or until shutdown (then `committed` is None).
-    async fn apply_until_committed(
-        &self,
-        batch: Vec<RawMessage>,
-        shutdown: &CancellationToken,
-    ) -> Done {
-        let (first, last) = (&batch[0], batch.last().expect("batches are never empty"));
+    async fn apply_until_committed(&self, batch: Batch, shutdown: &CancellationToken) -> Done {
+        let waited = batch.since.elapsed();
+        let ends = batch.ends();
         let span = tracing::info_span!(
             "batch",
             topic = self.applier.topic(),
-            partition = first.partition,
-            first_offset = first.offset,
-            last_offset = last.offset,
-            size = batch.len()
+            first_offset = batch.messages[0].offset,
+            partitions = ?ends,
+            size = batch.messages.len()
         );
-        let (partition, last_offset) = (last.partition, last.offset);
         let committed = self
-            .retry_until_committed(&batch, shutdown)
+            .retry_until_committed(&batch.messages, shutdown)
             .instrument(span)
             .await;
         Done {
-            partition,
-            last_offset,
-            size: batch.len(),
+            ends,
+            size: batch.messages.len(),
+            waited,
             committed,
         }
     }
@@ -500,6 +517,22 @@ impl<A: Apply> BatchProcessor<'_, A> {
         batch: &[RawMessage],
         shutdown: &CancellationToken,
     ) -> Option<(BatchReport, Duration)> {
+        if batch.windows(2).any(|w| w[0].partition != w[1].partition) {
+            let started = Instant::now();
+            match self.apply_once(batch, SHARED_LOCK_TIMEOUT).await {
+                Ok(report) => return Some((report, started.elapsed())),
+                Err(e) => {
+                    // One partition's trouble (a lock held elsewhere, a
+                    // transient failure, a message that cannot be applied)
+                    // must hold up that partition only.
+                    debug!(
+                        error = format!("{e:#}"),
+                        "a shared batch failed; its partitions go on apart"
+                    );
+                    return self.apply_apart(batch, shutdown).await;
+                }
+            }
+        }
         let topic = self.applier.topic();
         let mut attempt = 0u32;
         loop {
@@ -530,16 +563,44 @@ impl<A: Apply> BatchProcessor<'_, A> {
         }
     }
 
-    /// Reports a batch that left flight and, if it committed, stores its
-    /// offset: only now may Kafka forget these messages.
+    /// A shared batch's partitions, each applied (and retried) on its own,
+    /// concurrently. `None` if any gave up at shutdown: then the whole batch
+    /// counts as abandoned, and what did commit is redelivered as duplicates.
+    fn apply_apart<'s>(
+        &'s self,
+        batch: &'s [RawMessage],
+        shutdown: &'s CancellationToken,
+    ) -> BoxFuture<'s, Option<(BatchReport, Duration)>> {
+        async move {
+            let started = Instant::now();
+            let parts = batch.chunk_by(|a, b| a.partition == b.partition);
+            let results = futures::future::join_all(
+                parts.map(|part| self.retry_until_committed(part, shutdown)),
+            )
+            .await;
+            let mut merged = BatchReport::default();
+            for result in results {
+                let (report, _) = result?;
+                merged.outcomes.extend(report.outcomes);
+                merged.tally.absorb(report.tally);
+            }
+            Some((merged, started.elapsed()))
+        }
+        .boxed()
+    }
+
+    /// Reports a batch that left flight and, if it committed, stores each of
+    /// its partitions' offsets: only now may Kafka forget these messages.
     fn finish(&self, consumer: &StreamConsumer<LoopContext>, done: Done, buffers: &mut Buffers) {
-        buffers.finished(done.partition, done.committed.is_some());
+        for &(partition, _) in &done.ends {
+            buffers.finished(partition, done.committed.is_some());
+        }
         let Some((report, took)) = done.committed else {
             return;
         };
         let topic = self.applier.topic();
         let metrics = &self.deps.metrics;
-        metrics.batch_committed(topic, done.size, took);
+        metrics.batch_committed(topic, done.size, done.waited, took);
         let now = Utc::now();
         for (outcome, occurred_at) in &report.outcomes {
             metrics.message_handled(topic, outcome.as_str());
@@ -552,10 +613,12 @@ impl<A: Apply> BatchProcessor<'_, A> {
         if A::ANNOUNCES {
             self.deps.feed_wakeup.notify_one();
         }
-        if let Err(e) = consumer.store_offset(topic, done.partition, done.last_offset) {
-            // The partition was revoked meanwhile; its next owner re-reads
-            // the batch and the inbox skips it.
-            debug!(topic, partition = done.partition, error = %e, "could not store offset");
+        for (partition, last_offset) in done.ends {
+            if let Err(e) = consumer.store_offset(topic, partition, last_offset) {
+                // The partition was revoked meanwhile; its next owner
+                // re-reads the batch and the inbox skips it.
+                debug!(topic, partition, error = %e, "could not store offset");
+            }
         }
     }
 
@@ -563,7 +626,7 @@ impl<A: Apply> BatchProcessor<'_, A> {
     /// message by message and dead-letters whichever message fails alone.
     /// Returns `Err` only for transient errors.
     async fn apply_isolating(&self, batch: &[RawMessage]) -> anyhow::Result<BatchReport> {
-        let err = match self.apply_once(batch).await {
+        let err = match self.apply_once(batch, None).await {
             Ok(report) => return Ok(report),
             Err(e) if is_transient(&e) => return Err(e),
             Err(e) => e,
@@ -574,7 +637,7 @@ impl<A: Apply> BatchProcessor<'_, A> {
         );
         let mut merged = BatchReport::default();
         for msg in batch {
-            match self.apply_once(std::slice::from_ref(msg)).await {
+            match self.apply_once(std::slice::from_ref(msg), None).await {
                 Ok(report) => {
                     merged.outcomes.extend(report.outcomes);
                     merged.tally.absorb(report.tally);
@@ -595,10 +658,21 @@ impl<A: Apply> BatchProcessor<'_, A> {
         Ok(merged)
     }
 
-    /// Decodes (outside the transaction), then applies and commits.
-    async fn apply_once(&self, batch: &[RawMessage]) -> anyhow::Result<BatchReport> {
+    /// Decodes (outside the transaction), then applies and commits; with
+    /// `lock_timeout`, a lock waited for longer fails the transaction.
+    async fn apply_once(
+        &self,
+        batch: &[RawMessage],
+        lock_timeout: Option<Duration>,
+    ) -> anyhow::Result<BatchReport> {
         let decoded = self.applier.decode(batch).await?;
         let mut tx = self.begin().await?;
+        if let Some(timeout) = lock_timeout {
+            sqlx::query(&format!("SET LOCAL lock_timeout = {}", timeout.as_millis()))
+                .execute(&mut *tx)
+                .await
+                .context("failed to set the lock timeout")?;
+        }
         let report = self
             .applier
             .apply(&mut tx, batch, &decoded)

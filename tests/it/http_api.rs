@@ -116,6 +116,7 @@ async fn health_readiness_and_metrics_report_the_running_service() {
     for expected in [
         "orderflow_messages_total{outcome=\"applied\"",
         "orderflow_batch_duration_seconds_bucket",
+        "orderflow_batch_wait_seconds_count",
         "orderflow_end_to_end_latency_seconds_count",
         "orderflow_outbox_publish_latency_seconds_count",
         "orderflow_outbox_published_total",
