@@ -6,20 +6,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use orderflow::config::Settings;
+use orderflow::config::{Settings, Topics};
 use orderflow::store::pricing_tables::PricingTables;
 use orderflow_testkit::prom::{self, Histogram};
 use orderflow_testkit::{Worker, World};
 use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 
-use crate::report::Report;
+use crate::report::{percentile, Report};
 use crate::{progress, Options};
 
 /// The worker's occurred_at → commit histogram.
 const END_TO_END: &str = "orderflow_end_to_end_latency_seconds";
 /// The worker's apply + commit time of each batch.
 const BATCH_DURATION: &str = "orderflow_batch_duration_seconds";
+/// How long a batch's oldest message waited in the worker's loop.
+const BATCH_WAIT: &str = "orderflow_batch_wait_seconds";
 
 /// Everything one bench run needs, on fresh names.
 pub struct Bench {
@@ -233,6 +235,10 @@ impl Bench {
         // commit), as the difference of its histogram across the phase.
         let before = self.checkout_histogram(END_TO_END).await?;
         let batches_before = self.checkout_histogram(BATCH_DURATION).await?;
+        let waits_before = self.checkout_histogram(BATCH_WAIT).await?;
+        let watch = self
+            .watch_checkouts(o.latency_rate * o.latency_secs, o.latency_secs)
+            .await?;
         let n = self.produce_at_rate(o.latency_rate, o.latency_secs).await?;
         report.latency_events = n;
         let waited = Instant::now();
@@ -266,12 +272,30 @@ impl Bench {
             batches.quantile(0.5) * 1000.0,
             batches.quantile(0.99) * 1000.0,
         );
+        let waits = self
+            .checkout_histogram(BATCH_WAIT)
+            .await?
+            .minus(&waits_before);
+        (report.latency_wait_p50_ms, report.latency_wait_p99_ms) =
+            (waits.quantile(0.5) * 1000.0, waits.quantile(0.99) * 1000.0);
+        let watched = watch.await.context("the checkouts' watcher panicked")?;
+        (report.broker_loaded_p50_ms, report.broker_loaded_p99_ms) =
+            (percentile(&watched, 0.5), percentile(&watched, 0.99));
         progress("latency floor: the broker alone (produce → consume, no orderflow), 5 s");
+        let one = Topics::dlq(&self.settings().topics.payment_confirmations);
         (report.broker_floor_p50_ms, report.broker_floor_p99_ms) =
-            self.broker_floor(o.latency_rate, 5).await?;
+            self.broker_floor(&one, o.latency_rate, 5).await?;
         progress(format!(
             "  p50 {:.1} ms, p99 {:.1} ms",
             report.broker_floor_p50_ms, report.broker_floor_p99_ms
+        ));
+        let like_checkouts = self.checkouts_like_topic().await?;
+        (report.broker_floor6_p50_ms, report.broker_floor6_p99_ms) = self
+            .broker_floor(&like_checkouts, o.latency_rate, 5)
+            .await?;
+        progress(format!(
+            "  on a topic shaped like checkouts: p50 {:.1} ms, p99 {:.1} ms",
+            report.broker_floor6_p50_ms, report.broker_floor6_p99_ms
         ));
         Ok(())
     }
@@ -402,8 +426,8 @@ impl Bench {
             .collect())
     }
 
-    /// One of the worker's histograms ([`END_TO_END`], [`BATCH_DURATION`]),
-    /// its checkouts series.
+    /// One of the worker's histograms ([`END_TO_END`], [`BATCH_DURATION`],
+    /// [`BATCH_WAIT`]), its checkouts series.
     async fn checkout_histogram(&self, metric: &str) -> anyhow::Result<Histogram> {
         Ok(Histogram::parse(
             &self.worker()?.metrics_page().await?,

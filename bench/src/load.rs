@@ -223,31 +223,23 @@ impl Bench {
     }
 
     /// Produce → consume latency of the broker with no orderflow in between,
-    /// on an otherwise unused topic, with the worker's consumer settings.
-    pub async fn broker_floor(&self, rate: u64, secs: u64) -> anyhow::Result<(f64, f64)> {
-        let settings = self.settings();
-        let topic = Topics::dlq(&settings.topics.payment_confirmations);
-        let consumer: StreamConsumer = orderflow::kafka::consumer_config(
-            settings,
-            &format!("{}-floor", settings.group_id),
-            &[],
-        )
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "latest")
-        .create()?;
-        consumer.subscribe(&[topic.as_str()])?;
-        // Wait for the assignment before producing.
-        let started = Instant::now();
-        while consumer.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
-            let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
-            if started.elapsed() > Duration::from_secs(20) {
-                bail!("floor consumer got no assignment");
-            }
-        }
+    /// on an otherwise unused `topic`, with the worker's consumer settings.
+    pub async fn broker_floor(
+        &self,
+        topic: &str,
+        rate: u64,
+        secs: u64,
+    ) -> anyhow::Result<(f64, f64)> {
+        let consumer = self
+            .assigned_consumer(
+                topic,
+                &format!("{}-floor-{topic}", self.settings().group_id),
+            )
+            .await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let total = rate * secs;
         let producer = self.latency_producer.clone();
-        let sender_topic = topic.clone();
+        let sender_topic = topic.to_owned();
         let sender = tokio::spawn(async move {
             at_rate(rate, secs, |_| {
                 let now = chrono::Utc::now().timestamp_micros().to_string();
@@ -270,5 +262,78 @@ impl Bench {
         sender.await??;
         latencies.sort_by(|a, b| a.total_cmp(b));
         Ok((percentile(&latencies, 0.5), percentile(&latencies, 0.99)))
+    }
+
+    /// A plain consumer, in a group of its own, of the latency phase's
+    /// checkouts as they are produced: the broker's produce → consume time
+    /// under the phase's own load (the machine busy with the worker and the
+    /// database), beside the quiet floor of [`Bench::broker_floor`]. Collects
+    /// `occurred_at` → received, in ms, for `total` checkouts or until
+    /// `secs` + 20 s have passed.
+    pub async fn watch_checkouts(
+        &self,
+        total: u64,
+        secs: u64,
+    ) -> anyhow::Result<tokio::task::JoinHandle<Vec<f64>>> {
+        let settings = self.settings();
+        let consumer = self
+            .assigned_consumer(
+                &settings.topics.checkouts,
+                &format!("{}-watch", settings.group_id),
+            )
+            .await?;
+        Ok(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(total as usize);
+            let deadline = Instant::now() + Duration::from_secs(secs + 20);
+            while (latencies.len() as u64) < total && Instant::now() < deadline {
+                let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await
+                else {
+                    continue;
+                };
+                let at = m
+                    .payload()
+                    .and_then(|p| serde_json::from_slice::<CheckoutEvent>(p).ok())
+                    .map(|ev| ev.occurred_at);
+                if let Some(at) = at {
+                    let ms =
+                        (chrono::Utc::now() - at).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+                    latencies.push(ms);
+                }
+            }
+            latencies.sort_by(|a, b| a.total_cmp(b));
+            latencies
+        }))
+    }
+
+    /// A consumer with the worker's settings, in `group`, of `topic` from
+    /// its end, returned once it has its assignment.
+    async fn assigned_consumer(&self, topic: &str, group: &str) -> anyhow::Result<StreamConsumer> {
+        let consumer: StreamConsumer =
+            orderflow::kafka::consumer_config(self.settings(), group, &[])
+                .set("enable.auto.commit", "false")
+                .set("auto.offset.reset", "latest")
+                .create()?;
+        consumer.subscribe(&[topic])?;
+        let started = Instant::now();
+        while consumer.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
+            let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
+            if started.elapsed() > Duration::from_secs(20) {
+                bail!("consumer of {topic} got no assignment");
+            }
+        }
+        Ok(consumer)
+    }
+
+    /// A new, unused topic defined like the checkouts topic (its partitions),
+    /// for a floor of the same shape.
+    pub async fn checkouts_like_topic(&self) -> anyhow::Result<String> {
+        let mut settings = self.settings().clone();
+        settings.topics = Topics::prefixed(&format!("bench-{}-floor-", self.world.id));
+        let specs: Vec<_> = orderflow::kafka::topics::embedded_specs()?
+            .into_iter()
+            .filter(|s| s.role == "checkouts")
+            .collect();
+        orderflow::kafka::topics::apply(&settings, &specs).await?;
+        Ok(settings.topics.checkouts)
     }
 }

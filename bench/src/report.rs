@@ -32,9 +32,20 @@ pub struct Report {
     pub latency_batches: u64,
     pub latency_batch_p50_ms: f64,
     pub latency_batch_p99_ms: f64,
+    /// How long each batch's oldest message waited in the worker's loop for
+    /// the batch to start (`orderflow_batch_wait_seconds`): p50, p99.
+    pub latency_wait_p50_ms: f64,
+    pub latency_wait_p99_ms: f64,
     /// Produce → consume through the broker alone at the same rate.
     pub broker_floor_p50_ms: f64,
     pub broker_floor_p99_ms: f64,
+    /// The same on a topic defined like the checkouts topic.
+    pub broker_floor6_p50_ms: f64,
+    pub broker_floor6_p99_ms: f64,
+    /// Produce → consume of the latency phase's own checkouts by a plain
+    /// consumer beside the worker: the broker under the phase's load.
+    pub broker_loaded_p50_ms: f64,
+    pub broker_loaded_p99_ms: f64,
     /// Each route at each concurrency level.
     pub http: Vec<HttpRun>,
     pub worker_peak_rss_mb: f64,
@@ -434,10 +445,31 @@ impl Report {
                 ),
             ),
             (
+                "latency phase: a batch's wait in the loop to start".into(),
+                format!(
+                    "p50 {:.1} ms, p99 {:.1} ms",
+                    self.latency_wait_p50_ms, self.latency_wait_p99_ms
+                ),
+            ),
+            (
+                "latency phase: a plain consumer of the same checkouts".into(),
+                format!(
+                    "p50 {:.1} ms, p99 {:.1} ms (the broker under the phase's load)",
+                    self.broker_loaded_p50_ms, self.broker_loaded_p99_ms
+                ),
+            ),
+            (
                 "latency floor: broker alone, produce → consume".into(),
                 format!(
                     "p50 {:.1} ms, p99 {:.1} ms",
                     self.broker_floor_p50_ms, self.broker_floor_p99_ms
+                ),
+            ),
+            (
+                "latency floor on a topic shaped like checkouts".into(),
+                format!(
+                    "p50 {:.1} ms, p99 {:.1} ms",
+                    self.broker_floor6_p50_ms, self.broker_floor6_p99_ms
                 ),
             ),
             (
