@@ -218,13 +218,22 @@ async fn snapshot(run: &Run) -> anyhow::Result<Vec<i64>> {
     Ok(counts)
 }
 
-/// Messages of `outcome` handled by the live workers (since they started).
+/// Input messages (not the analytics loop's order events) of `outcome`
+/// handled by the live workers (since they started).
 async fn handled_now(run: &Run, outcome: &str) -> f64 {
+    let t = &run.settings().topics;
+    let inputs = [&t.checkouts, &t.payment_confirmations, &t.cancellations];
     let mut n = 0.0;
     for slot in &run.workers {
         if let Some(worker) = &slot.worker {
             if let Ok(page) = worker.metrics_page().await {
-                n += prom::sum(&page, "orderflow_messages_total", &[("outcome", outcome)]);
+                for topic in inputs {
+                    n += prom::sum(
+                        &page,
+                        "orderflow_messages_total",
+                        &[("topic", topic), ("outcome", outcome)],
+                    );
+                }
             }
         }
     }
