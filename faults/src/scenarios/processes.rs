@@ -33,7 +33,10 @@ pub async fn kill(opts: &Options) -> anyhow::Result<Outcome> {
 pub async fn rebalance(opts: &Options) -> anyhow::Result<Outcome> {
     let spec = Spec {
         workers: 3,
-        expect_redeliveries: true,
+        // The SIGKILLed instance redelivers what it applied since its last
+        // offset commit (at most a second): hundreds at 100,000 events, but
+        // a handful or none in a small run, where the input is a trickle.
+        expect_redeliveries: opts.events >= 10_000,
         default_consumer_settings: true,
         ..Spec::default()
     };
