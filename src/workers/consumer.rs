@@ -177,10 +177,37 @@ impl<'a> LoopState<'a> {
         shutdown: &'a CancellationToken,
         force: bool,
     ) {
-        let room = self.concurrency - self.in_flight.len();
+        // Parts of a split batch may take the loop past its concurrency.
+        let room = self.concurrency.saturating_sub(self.in_flight.len());
         for batch in self.buffers.take_due(Instant::now(), force, room) {
             self.in_flight
                 .push(processor.apply_until_committed(batch, shutdown).boxed());
+        }
+    }
+
+    /// Takes a batch that left flight: a shared batch that failed goes back
+    /// into flight as one batch per partition (its partitions stay busy, and
+    /// each is released when its own part commits); anything else is
+    /// reported and its offsets stored.
+    fn finish<A: Apply>(
+        &mut self,
+        processor: &'a BatchProcessor<'a, A>,
+        consumer: &StreamConsumer<LoopContext>,
+        shutdown: &'a CancellationToken,
+        done: Done,
+    ) {
+        match done.end {
+            BatchEnd::Split(parts) => {
+                for messages in parts {
+                    let batch = Batch {
+                        messages,
+                        since: Instant::now(),
+                    };
+                    self.in_flight
+                        .push(processor.apply_until_committed(batch, shutdown).boxed());
+                }
+            }
+            end => processor.finish(consumer, Done { end, ..done }, &mut self.buffers),
         }
     }
 
@@ -400,7 +427,7 @@ async fn consume<'a, A: Apply>(
             biased;
             _ = shutdown.cancelled() => break,
             Some(done) = state.in_flight.next(), if !state.in_flight.is_empty() => {
-                processor.finish(consumer, done, &mut state.buffers);
+                state.finish(processor, consumer, shutdown, done);
             }
             _ = sleep_until_opt(deadline) => {}
             _ = sleep_until_opt(resume_receiving) => state.receive_after = None,
@@ -422,7 +449,7 @@ async fn consume<'a, A: Apply>(
     loop {
         state.start_due(processor, shutdown, true);
         match state.in_flight.next().await {
-            Some(done) => processor.finish(consumer, done, &mut state.buffers),
+            Some(done) => state.finish(processor, consumer, shutdown, done),
             None if state.buffers.is_empty() => break,
             None => {}
         }
@@ -475,40 +502,82 @@ struct BatchProcessor<'a, A> {
     retrying: AtomicUsize,
 }
 
-/// A batch that left flight: committed (with its report) or abandoned.
+/// A batch that left flight, and how.
 struct Done {
     /// Each partition of the batch with its last offset.
     ends: Vec<(i32, i64)>,
     size: usize,
     /// How long its oldest message waited in the buffers.
     waited: Duration,
-    /// The batch's report and how long its committing attempt took; `None`
-    /// when it was abandoned at shutdown.
-    committed: Option<(BatchReport, Duration)>,
+    end: BatchEnd,
+}
+
+enum BatchEnd {
+    /// Its report, and how long its committing attempt took.
+    Committed(BatchReport, Duration),
+    /// Given up at shutdown.
+    Abandoned,
+    /// A batch shared by several partitions that failed (or waited too long
+    /// for a lock): each partition's messages, to go on apart.
+    Split(Vec<Vec<RawMessage>>),
 }
 
 impl<A: Apply> BatchProcessor<'_, A> {
-    /// Applies a batch, retrying transient failures with
-    /// backoff until it commits, or until shutdown (then `committed` is None).
+    /// Applies a batch: one partition's, retrying transient failures with
+    /// backoff until it commits or until shutdown; a shared one, once.
     async fn apply_until_committed(&self, batch: Batch, shutdown: &CancellationToken) -> Done {
         let waited = batch.since.elapsed();
         let ends = batch.ends();
+        let size = batch.messages.len();
         let span = tracing::info_span!(
             "batch",
             topic = self.applier.topic(),
             first_offset = batch.messages[0].offset,
             partitions = ?ends,
-            size = batch.messages.len()
+            size
         );
-        let committed = self
-            .retry_until_committed(&batch.messages, shutdown)
-            .instrument(span)
-            .await;
+        let end = if ends.len() > 1 {
+            self.apply_shared(batch.messages).instrument(span).await
+        } else {
+            match self
+                .retry_until_committed(&batch.messages, shutdown)
+                .instrument(span)
+                .await
+            {
+                Some((report, took)) => BatchEnd::Committed(report, took),
+                None => BatchEnd::Abandoned,
+            }
+        };
         Done {
             ends,
-            size: batch.messages.len(),
+            size,
             waited,
-            committed,
+            end,
+        }
+    }
+
+    /// One attempt at a shared batch, waiting at most [`SHARED_LOCK_TIMEOUT`]
+    /// for a lock. Whatever goes wrong (a lock held elsewhere, a transient
+    /// failure, a message that cannot be applied) must hold up only its own
+    /// partition, so the batch is split rather than retried.
+    async fn apply_shared(&self, messages: Vec<RawMessage>) -> BatchEnd {
+        let started = Instant::now();
+        match self.apply_once(&messages, SHARED_LOCK_TIMEOUT).await {
+            Ok(report) => BatchEnd::Committed(report, started.elapsed()),
+            Err(e) => {
+                debug!(
+                    error = format!("{e:#}"),
+                    "a shared batch failed; its partitions go on apart"
+                );
+                let mut parts: Vec<Vec<RawMessage>> = Vec::new();
+                for m in messages {
+                    match parts.last_mut() {
+                        Some(part) if part[0].partition == m.partition => part.push(m),
+                        _ => parts.push(vec![m]),
+                    }
+                }
+                BatchEnd::Split(parts)
+            }
         }
     }
 
@@ -517,22 +586,6 @@ impl<A: Apply> BatchProcessor<'_, A> {
         batch: &[RawMessage],
         shutdown: &CancellationToken,
     ) -> Option<(BatchReport, Duration)> {
-        if batch.windows(2).any(|w| w[0].partition != w[1].partition) {
-            let started = Instant::now();
-            match self.apply_once(batch, SHARED_LOCK_TIMEOUT).await {
-                Ok(report) => return Some((report, started.elapsed())),
-                Err(e) => {
-                    // One partition's trouble (a lock held elsewhere, a
-                    // transient failure, a message that cannot be applied)
-                    // must hold up that partition only.
-                    debug!(
-                        error = format!("{e:#}"),
-                        "a shared batch failed; its partitions go on apart"
-                    );
-                    return self.apply_apart(batch, shutdown).await;
-                }
-            }
-        }
         let topic = self.applier.topic();
         let mut attempt = 0u32;
         loop {
@@ -563,39 +616,14 @@ impl<A: Apply> BatchProcessor<'_, A> {
         }
     }
 
-    /// A shared batch's partitions, each applied (and retried) on its own,
-    /// concurrently. `None` if any gave up at shutdown: then the whole batch
-    /// counts as abandoned, and what did commit is redelivered as duplicates.
-    fn apply_apart<'s>(
-        &'s self,
-        batch: &'s [RawMessage],
-        shutdown: &'s CancellationToken,
-    ) -> BoxFuture<'s, Option<(BatchReport, Duration)>> {
-        async move {
-            let started = Instant::now();
-            let parts = batch.chunk_by(|a, b| a.partition == b.partition);
-            let results = futures::future::join_all(
-                parts.map(|part| self.retry_until_committed(part, shutdown)),
-            )
-            .await;
-            let mut merged = BatchReport::default();
-            for result in results {
-                let (report, _) = result?;
-                merged.outcomes.extend(report.outcomes);
-                merged.tally.absorb(report.tally);
-            }
-            Some((merged, started.elapsed()))
-        }
-        .boxed()
-    }
-
     /// Reports a batch that left flight and, if it committed, stores each of
     /// its partitions' offsets: only now may Kafka forget these messages.
     fn finish(&self, consumer: &StreamConsumer<LoopContext>, done: Done, buffers: &mut Buffers) {
+        let committed = matches!(done.end, BatchEnd::Committed(..));
         for &(partition, _) in &done.ends {
-            buffers.finished(partition, done.committed.is_some());
+            buffers.finished(partition, committed);
         }
-        let Some((report, took)) = done.committed else {
+        let BatchEnd::Committed(report, took) = done.end else {
             return;
         };
         let topic = self.applier.topic();
