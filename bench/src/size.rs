@@ -330,11 +330,14 @@ const PRELOAD: [(&str, &str); 5] = [
              WHERE g % 10 < 6 AND $6::timestamptz IS NOT NULL"
         ),
     ),
+    // Event ids are UUIDs, as upstream's are, so the live rounds' random ids
+    // land among the preloaded ones in the inbox's primary key (not after
+    // them, as text ids of one prefix would).
     (
         "processed_events",
         concat!(
             "INSERT INTO processed_events (source, event_id, order_id, outcome, processed_at)
-             SELECT s.source, s.prefix || g, 'big-' || g, 'applied', t + s.after",
+             SELECT s.source, md5(s.prefix || g)::uuid::text, 'big-' || g, 'applied', t + s.after",
             chunk!(),
             ",
                   LATERAL (VALUES ('checkout', 'big-e', interval '0'),
