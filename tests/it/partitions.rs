@@ -19,40 +19,8 @@ async fn a_stuck_partition_does_not_hold_up_the_others() {
     let app = env
         .start_only(&[Component::Checkouts, Component::Http])
         .await;
-
-    // An open transaction holds the order lock of "stuck-0", as a slow batch
-    // of another loop would: its partition cannot commit until it ends.
-    let mut holder = env.pool.begin().await.unwrap();
-    lock_orders(&mut holder, &["stuck-0"]).await.unwrap();
-    let (stuck, _) = env.produce_checkout(&checkout("stuck-0", 1, 1)).await;
-    let (mut behind, mut elsewhere) = (Vec::new(), Vec::new());
-    for i in 1..=40 {
-        let id = format!("free-{i}");
-        let (partition, _) = env.produce_checkout(&checkout(&id, 100 + i, 1)).await;
-        if partition == stuck {
-            behind.push(id);
-        } else {
-            elsewhere.push(id);
-        }
-    }
-    assert!(!elsewhere.is_empty(), "every order hashed to one partition");
-
-    // Every other partition gets through while the stuck one waits...
-    env.wait_until("the free partitions to be applied", || async {
-        env.orders_among(&elsewhere).await == elsewhere.len() as i64
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(env.orders_among(&["stuck-0".to_owned()]).await, 0);
-    // ...and its later messages stay behind it, in offset order.
-    assert_eq!(
-        env.orders_among(&behind).await,
-        0,
-        "a message applied past its partition's stuck batch"
-    );
-
-    holder.commit().await.unwrap();
-    env.wait_count("SELECT count(*) FROM orders", 41).await;
+    let stuck = StuckPartition::produce(&env).await;
+    stuck.only_it_waits(&env).await;
     app.stop().await;
 }
 
@@ -63,37 +31,64 @@ async fn a_stuck_partition_does_not_hold_up_the_others() {
 #[tokio::test]
 async fn a_stuck_partition_in_a_shared_batch_holds_up_only_itself() {
     let env = TestEnv::new().await;
-    let mut holder = env.pool.begin().await.unwrap();
-    lock_orders(&mut holder, &["stuck-0"]).await.unwrap();
-    let (stuck, _) = env.produce_checkout(&checkout("stuck-0", 1, 1)).await;
-    let (mut behind, mut elsewhere) = (Vec::new(), Vec::new());
-    for i in 1..=40 {
-        let id = format!("free-{i}");
-        let (partition, _) = env.produce_checkout(&checkout(&id, 100 + i, 1)).await;
-        if partition == stuck {
-            behind.push(id);
-        } else {
-            elsewhere.push(id);
-        }
-    }
-    assert!(!elsewhere.is_empty(), "every order hashed to one partition");
+    let stuck = StuckPartition::produce(&env).await;
     let app = env
         .start_only(&[Component::Checkouts, Component::Http])
         .await;
-    env.wait_until("the free partitions to be applied", || async {
-        env.orders_among(&elsewhere).await == elsewhere.len() as i64
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(env.orders_among(&["stuck-0".to_owned()]).await, 0);
-    assert_eq!(
-        env.orders_among(&behind).await,
-        0,
-        "applied past a stuck batch"
-    );
-    holder.commit().await.unwrap();
-    env.wait_count("SELECT count(*) FROM orders", 41).await;
+    stuck.only_it_waits(&env).await;
     app.stop().await;
+}
+
+/// "stuck-0" locked by an open transaction, as a slow batch of another loop
+/// would hold it (its partition cannot commit until it ends), and 40 free
+/// orders produced after it: those on its partition and those elsewhere.
+struct StuckPartition {
+    holder: sqlx::Transaction<'static, sqlx::Postgres>,
+    behind: Vec<String>,
+    elsewhere: Vec<String>,
+}
+
+impl StuckPartition {
+    async fn produce(env: &TestEnv) -> Self {
+        let mut holder = env.pool.begin().await.unwrap();
+        lock_orders(&mut holder, &["stuck-0"]).await.unwrap();
+        let (stuck, _) = env.produce_checkout(&checkout("stuck-0", 1, 1)).await;
+        let (mut behind, mut elsewhere) = (Vec::new(), Vec::new());
+        for i in 1..=40 {
+            let id = format!("free-{i}");
+            let (partition, _) = env.produce_checkout(&checkout(&id, 100 + i, 1)).await;
+            if partition == stuck {
+                behind.push(id);
+            } else {
+                elsewhere.push(id);
+            }
+        }
+        assert!(!elsewhere.is_empty(), "every order hashed to one partition");
+        StuckPartition {
+            holder,
+            behind,
+            elsewhere,
+        }
+    }
+
+    /// Every other partition gets through while the stuck one waits, its
+    /// later messages behind it in offset order; released, all 41 apply.
+    async fn only_it_waits(self, env: &TestEnv) {
+        let elsewhere = &self.elsewhere;
+        env.wait_until("the free partitions to be applied", || async {
+            env.orders_among(elsewhere).await == elsewhere.len() as i64
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(env.orders_among(&["stuck-0".to_owned()]).await, 0);
+        assert_eq!(
+            env.orders_among(&self.behind).await,
+            0,
+            "a message applied past its partition's stuck batch"
+        );
+        self.holder.commit().await.unwrap();
+        env.wait_count("SELECT count(*) FROM orders", 41).await;
+    }
 }
 
 /// Checkouts over every partition, few on each, queued before the worker
