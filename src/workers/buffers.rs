@@ -39,14 +39,10 @@ pub(super) struct Batch {
 impl Batch {
     /// Each partition in the batch with its last offset, in batch order.
     pub(super) fn ends(&self) -> Vec<(i32, i64)> {
-        let mut ends: Vec<(i32, i64)> = Vec::new();
-        for m in &self.messages {
-            match ends.last_mut() {
-                Some((p, last)) if *p == m.partition => *last = m.offset,
-                _ => ends.push((m.partition, m.offset)),
-            }
-        }
-        ends
+        self.messages
+            .chunk_by(|a, b| a.partition == b.partition)
+            .map(|run| (run[0].partition, run[run.len() - 1].offset))
+            .collect()
     }
 }
 
