@@ -247,20 +247,16 @@ impl Bench {
             })
             .await
         });
-        let mut latencies = Vec::with_capacity(total as usize);
-        let deadline = Instant::now() + Duration::from_secs(secs + 20);
-        while (latencies.len() as u64) < total && Instant::now() < deadline {
-            if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
-                let sent: i64 = m
-                    .payload()
-                    .and_then(|p| std::str::from_utf8(p).ok())
+        let latencies = received_ms(&consumer, total, secs, |payload| {
+            Some(
+                std::str::from_utf8(payload)
+                    .ok()
                     .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
-                latencies.push((chrono::Utc::now().timestamp_micros() - sent) as f64 / 1000.0);
-            }
-        }
+                    .unwrap_or(0),
+            )
+        })
+        .await;
         sender.await??;
-        latencies.sort_by(|a, b| a.total_cmp(b));
         Ok((percentile(&latencies, 0.5), percentile(&latencies, 0.99)))
     }
 
@@ -283,25 +279,12 @@ impl Bench {
             )
             .await?;
         Ok(tokio::spawn(async move {
-            let mut latencies = Vec::with_capacity(total as usize);
-            let deadline = Instant::now() + Duration::from_secs(secs + 20);
-            while (latencies.len() as u64) < total && Instant::now() < deadline {
-                let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await
-                else {
-                    continue;
-                };
-                let at = m
-                    .payload()
-                    .and_then(|p| serde_json::from_slice::<CheckoutEvent>(p).ok())
-                    .map(|ev| ev.occurred_at);
-                if let Some(at) = at {
-                    let ms =
-                        (chrono::Utc::now() - at).num_microseconds().unwrap_or(0) as f64 / 1000.0;
-                    latencies.push(ms);
-                }
-            }
-            latencies.sort_by(|a, b| a.total_cmp(b));
-            latencies
+            received_ms(&consumer, total, secs, |payload| {
+                serde_json::from_slice::<CheckoutEvent>(payload)
+                    .ok()
+                    .map(|ev| ev.occurred_at.timestamp_micros())
+            })
+            .await
         }))
     }
 
@@ -336,4 +319,27 @@ impl Bench {
         orderflow::kafka::topics::apply(&settings, &specs).await?;
         Ok(settings.topics.checkouts)
     }
+}
+
+/// Receives until `total` messages or `secs` + 20 s: for each message whose
+/// payload `sent_at` reads (µs since the epoch), ms from then to its
+/// receipt, sorted.
+async fn received_ms(
+    consumer: &StreamConsumer,
+    total: u64,
+    secs: u64,
+    sent_at: impl Fn(&[u8]) -> Option<i64>,
+) -> Vec<f64> {
+    let mut latencies = Vec::with_capacity(total as usize);
+    let deadline = Instant::now() + Duration::from_secs(secs + 20);
+    while (latencies.len() as u64) < total && Instant::now() < deadline {
+        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await else {
+            continue;
+        };
+        if let Some(sent) = m.payload().and_then(&sent_at) {
+            latencies.push((chrono::Utc::now().timestamp_micros() - sent) as f64 / 1000.0);
+        }
+    }
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    latencies
 }

@@ -352,24 +352,13 @@ impl Run {
     }
 
     /// Reads every live worker's message counters of the three input
-    /// topics (not `order-events`, which the analytics loop reads: counting
-    /// its messages made every scenario look redelivered).
+    /// topics ([`inputs_handled`]).
     pub async fn scrape(&mut self) {
-        let t = &self.settings().topics;
-        let inputs = [
-            t.checkouts.clone(),
-            t.payment_confirmations.clone(),
-            t.cancellations.clone(),
-        ];
+        let settings = self.settings().clone();
         for slot in &mut self.workers {
             if let Some(worker) = &slot.worker {
                 if let Ok(page) = worker.metrics_page().await {
-                    slot.current = inputs
-                        .iter()
-                        .map(|topic| {
-                            prom::sum(&page, "orderflow_messages_total", &[("topic", topic)])
-                        })
-                        .sum::<f64>() as u64;
+                    slot.current = inputs_handled(&settings, &page, None) as u64;
                 }
             }
         }
@@ -433,4 +422,19 @@ async fn checkout_schema_id(settings: &Settings) -> anyhow::Result<u32> {
         .find(|(s, _)| *s == subject)
         .map(|(_, id)| id)
         .context("no checkouts subject registered")
+}
+
+/// Messages of the three input topics on a worker's metrics `page`, of
+/// `outcome` or of any: not `order-events`, which the analytics loop reads
+/// (counting its messages made every scenario look redelivered).
+pub fn inputs_handled(settings: &Settings, page: &str, outcome: Option<&str>) -> f64 {
+    let t = &settings.topics;
+    [&t.checkouts, &t.payment_confirmations, &t.cancellations]
+        .into_iter()
+        .map(|topic| {
+            let mut wanted = vec![("topic", topic.as_str())];
+            wanted.extend(outcome.map(|o| ("outcome", o)));
+            prom::sum(page, "orderflow_messages_total", &wanted)
+        })
+        .sum()
 }

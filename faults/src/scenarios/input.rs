@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use orderflow_testkit::mix::Input;
-use orderflow_testkit::prom::{self, Histogram};
+use orderflow_testkit::prom::Histogram;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::report::Outcome;
-use crate::run::{Options, Run, Spec};
+use crate::run::{inputs_handled, Options, Run, Spec};
 
 /// Scenario 9: Poison: a tenth of the input mutated (truncated JSON, wrong types,
 /// huge numbers, non-UTF-8 keys and values, bad Avro frames, 10 MB
@@ -218,22 +218,14 @@ async fn snapshot(run: &Run) -> anyhow::Result<Vec<i64>> {
     Ok(counts)
 }
 
-/// Input messages (not the analytics loop's order events) of `outcome`
-/// handled by the live workers (since they started).
+/// Input messages of `outcome` handled by the live workers (since they
+/// started).
 async fn handled_now(run: &Run, outcome: &str) -> f64 {
-    let t = &run.settings().topics;
-    let inputs = [&t.checkouts, &t.payment_confirmations, &t.cancellations];
     let mut n = 0.0;
     for slot in &run.workers {
         if let Some(worker) = &slot.worker {
             if let Ok(page) = worker.metrics_page().await {
-                for topic in inputs {
-                    n += prom::sum(
-                        &page,
-                        "orderflow_messages_total",
-                        &[("topic", topic), ("outcome", outcome)],
-                    );
-                }
+                n += inputs_handled(run.settings(), &page, Some(outcome));
             }
         }
     }
